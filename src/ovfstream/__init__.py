@@ -1,0 +1,1 @@
+"""ovfstream: raw disks to OVF/OVA appliances in one pass."""

@@ -1,0 +1,52 @@
+"""``ovfstream convert``: one raw image to one bare stream-optimized VMDK."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+from .atomic import atomic_output
+from .engine import get_engine
+from .errors import UsageError
+from .pipeline import check_workers
+from .source import RawSource
+from .vmdk.writer import DiskStats, write_stream_vmdk
+
+__all__ = ["convert", "ConvertResult"]
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    source: str
+    output: str
+    stats: DiskStats
+    workers: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {"operation": "convert", "source": self.source, "output": self.output,
+                "workers": self.workers, **self.stats.as_dict()}
+
+
+def convert(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
+            parallel: int | None = None, engine: str = "isal", level: int | None = None,
+            adapter_type: str = "lsilogic", fsync: bool = True,
+            progress: Callable[[int, int], None] | None = None) -> ConvertResult:
+    """Convert a raw image (file or block device) into a stream-optimized VMDK.
+
+    Writes ``output.partial`` and renames it on success; a failure leaves no ``output``.
+    """
+    workers = check_workers(parallel)
+    eng = get_engine(engine, level)
+    out = os.fspath(output)
+    if out == "-":
+        raise UsageError("convert -o -: a bare VMDK is written to a file; use pack -o - to stream")
+    name = os.path.basename(out)
+    with RawSource(source) as src:
+        if os.path.exists(out) and os.path.samefile(out, src.path):
+            raise UsageError("convert: the output %s is the source itself" % out)
+        with atomic_output(out, fsync=fsync) as f:
+            stats = write_stream_vmdk(src, f.write, file_name=name, engine=eng,
+                                      workers=workers, adapter_type=adapter_type,
+                                      progress=progress)
+    return ConvertResult(os.fspath(source), out, stats, workers)

@@ -1,0 +1,51 @@
+"""Pure-Python twin of the native span encoder (src/_native/grains.pyx).
+
+The reference: tests check byte parity with the native module, and ovfstream falls back to
+it when the extension is not built (slowly: it exists for correctness, not speed).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Callable
+
+from .vmdk.layout import GRAIN_BYTES, GRAIN_SECTORS, SECTOR, SPAN_GRAINS
+
+MAX_PAYLOAD = GRAIN_BYTES + 1024
+MAX_FRAMED_BYTES = ((12 + MAX_PAYLOAD + SECTOR - 1) // SECTOR) * SECTOR
+_ZERO_GRAIN = bytes(GRAIN_BYTES)
+
+
+def zero_grain_map(span: bytes | bytearray | memoryview, n_grains: int) -> bytes:
+    view = memoryview(span)
+    if n_grains < 0 or n_grains * GRAIN_BYTES > len(view):
+        raise ValueError("span holds %d bytes, fewer than %d grains" % (len(view), n_grains))
+    return bytes(int(view[i * GRAIN_BYTES:(i + 1) * GRAIN_BYTES] == _ZERO_GRAIN)
+                 for i in range(n_grains))
+
+
+def encode_span(span: bytes | bytearray | memoryview, first_lba: int, n_grains: int,
+                compress: Callable[[memoryview], bytes],
+                fingerprint: Callable[[memoryview], int]) -> tuple[bytearray, bytes, bytes, int]:
+    view = memoryview(span)
+    if n_grains < 0 or n_grains > SPAN_GRAINS or n_grains * GRAIN_BYTES > len(view):
+        raise ValueError("span holds %d bytes, fewer than %d grains (max %d)"
+                         % (len(view), n_grains, SPAN_GRAINS))
+    framed = bytearray()
+    gt_rel = [0] * n_grains
+    prints = bytearray()
+    payload_total = 0
+    for i in range(n_grains):
+        grain = view[i * GRAIN_BYTES:(i + 1) * GRAIN_BYTES]
+        if grain == _ZERO_GRAIN:
+            continue
+        payload = bytes(compress(grain))
+        if not 0 < len(payload) <= MAX_PAYLOAD:
+            raise ValueError("engine returned %d bytes for a 64 KiB grain" % len(payload))
+        lba = first_lba + i * GRAIN_SECTORS
+        gt_rel[i] = len(framed) // SECTOR + 1
+        framed += struct.pack("<QI", lba, len(payload)) + payload
+        framed += bytes(-len(framed) % SECTOR)
+        prints += struct.pack("<QQ", lba, fingerprint(grain))
+        payload_total += len(payload)
+    return framed, struct.pack("<%dI" % n_grains, *gt_rel), bytes(prints), payload_total
