@@ -119,3 +119,27 @@ def encode_span(const uint8_t[::1] span not None, uint64_t first_lba, Py_ssize_t
         payload_total += n_payload
     PyByteArray_Resize(framed, pos)
     return framed, bytes(gt_rel), bytes(prints), payload_total
+
+
+def relocate_gt(const uint8_t[::1] gt_rel not None, uint64_t base_sector, Py_ssize_t n_entries):
+    """The span's grain table: n_entries u32, ``base_sector + rel - 1`` where rel != 0.
+
+    ``gt_rel`` comes from encode_span (1 + sector inside the framed buffer, 0 = absent);
+    entries past its end are 0 (the last span of a disk may hold fewer grains).
+    """
+    cdef Py_ssize_t n_rel = gt_rel.shape[0] // 4, i
+    if n_rel > n_entries:
+        raise ValueError("%d grain-table entries, more than %d" % (n_rel, n_entries))
+    out = bytearray(n_entries * 4)
+    cdef uint32_t* table = <uint32_t*>PyByteArray_AS_STRING(out)
+    cdef uint32_t rel
+    cdef uint64_t sector
+    for i in range(n_rel):
+        memcpy(&rel, &gt_rel[0] + 4 * i, 4)
+        if rel:
+            sector = base_sector + rel - 1
+            if sector > 0xFFFFFFFF:
+                raise OverflowError("grain at sector %d does not fit in a u32 grain-table entry"
+                                    % sector)
+            table[i] = <uint32_t>sector
+    return bytes(out)

@@ -25,7 +25,9 @@ except ImportError:  # pragma: no cover - isal is a hard dependency; the fallbac
     _isal = None
 
 ENGINES = ("isal", "zlib")
-_LEVELS = {"isal": range(0, 4), "zlib": range(1, 10)}
+# ISA-L level 0 (static Huffman only) expands random grains to ~80 KiB, past what a
+# grain may hold, so it is not offered.
+_LEVELS = {"isal": range(1, 4), "zlib": range(1, 10)}
 _DEFAULT_LEVEL = {"isal": 1, "zlib": 6}
 
 
@@ -58,7 +60,7 @@ def get_engine(name: str = "isal", level: int | None = None) -> Engine:
         if _isal_zlib is None:
             raise UsageError("--engine isal: the isal package is not installed; use --engine zlib")
         return Engine("isal", level, "isal %s (ISA-L)" % _isal.__version__,
-                      functools.partial(_isal_zlib.compress, level=level), level <= 2)
+                      functools.partial(_isal_zlib.compress, level=level), level <= 2)  # levels 1-2: same bytes on every x86 code path
     return Engine("zlib", level, "zlib %s" % zlib.ZLIB_RUNTIME_VERSION,
                   functools.partial(zlib.compress, level=level), True)
 

@@ -49,3 +49,14 @@ def encode_span(span: bytes | bytearray | memoryview, first_lba: int, n_grains: 
         prints += struct.pack("<QQ", lba, fingerprint(grain))
         payload_total += len(payload)
     return framed, struct.pack("<%dI" % n_grains, *gt_rel), bytes(prints), payload_total
+
+
+def relocate_gt(gt_rel: bytes, base_sector: int, n_entries: int) -> bytes:
+    rel = struct.unpack("<%dI" % (len(gt_rel) // 4), gt_rel)
+    if len(rel) > n_entries:
+        raise ValueError("%d grain-table entries, more than %d" % (len(rel), n_entries))
+    table = [base_sector + r - 1 if r else 0 for r in rel] + [0] * (n_entries - len(rel))
+    if table and max(table) > 0xFFFFFFFF:
+        raise OverflowError("grain at sector %d does not fit in a u32 grain-table entry"
+                            % max(table))
+    return struct.pack("<%dI" % n_entries, *table)

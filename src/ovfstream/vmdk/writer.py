@@ -89,20 +89,15 @@ class StreamVmdkWriter:
         self._last_span = index
         if not framed:
             return
-        base = self.sector - 1
+        base = self.sector
         self._emit(framed)
         if self.sector + 1 + L.GT_SECTORS > L.MAX_FILE_SECTORS:
             raise UnsupportedError("the VMDK would pass 2 TiB, beyond what a u32 grain-table "
                                    "entry can address")
-        table = array("I", gt_rel)
-        for i, rel in enumerate(table):
-            if rel:
-                table[i] = base + rel
-        if len(table) < L.GTES_PER_GT:  # the last span of a disk may hold fewer grains
-            table.extend(array("I", bytes(4 * (L.GTES_PER_GT - len(table)))))
+        table = _codec.relocate_gt(gt_rel, base, L.GTES_PER_GT)
         self._emit(L.metadata_marker(L.MARKER_GT, L.GT_SECTORS))
         self._gd[index] = self.sector
-        self._emit(table.tobytes())
+        self._emit(table)
 
     def finish(self) -> None:
         gd_bytes = self._gd.tobytes()

@@ -1,0 +1,268 @@
+"""``ovfstream pack``: raw disks + a VM description -> OVA (file or stream) or OVF folder.
+
+One pass over each input byte: every disk streams through the grain engine into its OVA
+member while the member's digest runs; the descriptor and manifest, which need the final
+sizes and digests, go into space reserved at the front (DESIGN.md, OVA assembly).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Sequence
+
+from .atomic import atomic_output
+from .cert import sign_manifest
+from .engine import get_engine
+from .errors import UsageError
+from .manifest import DIGESTS, manifest_size, render_manifest
+from .ova.writer import FrontMembers, MemberSink, SeekableOvaWriter, StreamingOvaWriter
+from .ovf.model import DiskEntry, VirtualMachine
+from .ovf.writer import pad_to, render_descriptor, reserve_size
+from .pipeline import check_workers
+from .source import RawSource
+from .vmdk.writer import DiskStats, write_stream_vmdk
+
+__all__ = ["pack", "PackResult", "PackedFile", "PackedDisk", "Signer"]
+
+PathLike = str | os.PathLike[str]
+Progress = Callable[[str, int, int], None]  # (disk file name, advance bytes, total bytes)
+
+
+@dataclass(frozen=True)
+class Signer:
+    """Signs the manifest into X.cert (FORMATS.md 4)."""
+
+    private_key_pem: bytes
+    certificate_chain_pem: bytes
+    digest: str = "sha256"
+    password: bytes | None = None
+
+
+@dataclass(frozen=True)
+class PackedFile:
+    name: str
+    size: int
+    digest: str
+
+
+@dataclass(frozen=True)
+class PackedDisk:
+    source: str
+    file_name: str
+    stats: DiskStats
+
+
+@dataclass(frozen=True)
+class PackResult:
+    output: str
+    form: str                 # "ova", "ova-stream" or "ovf"
+    ovf_version: str
+    digest_algorithm: str
+    files: tuple[PackedFile, ...]
+    disks: tuple[PackedDisk, ...]
+    workers: int
+    mtime: int
+    seconds: float
+    engine: dict[str, object] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, object]:
+        data_read = sum(d.stats.bytes_read for d in self.disks)
+        return {
+            "operation": "pack", "output": self.output, "form": self.form,
+            "ovf_version": self.ovf_version, "digest": self.digest_algorithm,
+            "workers": self.workers, "mtime": self.mtime, "engine": self.engine,
+            "files": [{"name": f.name, "size": f.size, self.digest_algorithm: f.digest}
+                      for f in self.files],
+            "disks": [{"source": d.source, "file": d.file_name, **d.stats.as_dict()}
+                      for d in self.disks],
+            "seconds": round(self.seconds, 6),
+            "read_gb_per_s": round(data_read / self.seconds / 1e9, 3) if self.seconds else None,
+            "size_bytes": sum(f.size for f in self.files),
+        }
+
+
+def _output_form(output: PathLike | BinaryIO) -> tuple[str, str, str]:
+    """(form, display name, stem) for the output argument."""
+    if hasattr(output, "write"):
+        name = getattr(output, "name", "-")
+        return "ova-stream", str(name), "appliance"
+    path = os.fspath(output)  # type: ignore[arg-type]
+    if path == "-":
+        raise UsageError("pack: pass a binary file object (sys.stdout.buffer) for -o -")
+    base = os.path.basename(path)
+    stem, ext = os.path.splitext(base)
+    if ext.lower() == ".ova":
+        return "ova", path, stem
+    if ext.lower() == ".ovf":
+        return "ovf", path, stem
+    raise UsageError("-o %s: the output must end in .ova or .ovf, or be - for a stream" % path)
+
+
+def _default_mtime(sources: Sequence[RawSource]) -> int:
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch is not None:
+        if not epoch.isdigit():
+            raise UsageError("SOURCE_DATE_EPOCH=%r: allowed a whole number of seconds" % epoch)
+        return int(epoch)
+    return max(src.mtime for src in sources)
+
+
+def _adapter_for(controller: str, scsi_type: str) -> str:
+    # The VMDK's ddb.adapterType knows only these four; SATA/NVMe/pvscsi/SAS disks say
+    # lsilogic, as VMware's own exports do.
+    if controller == "ide":
+        return "ide"
+    if controller == "scsi" and scsi_type == "buslogic":
+        return "buslogic"
+    return "lsilogic"
+
+
+def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
+         vm: VirtualMachine | None = None, ovf_version: str = "1.0", digest: str = "sha256",
+         parallel: int | None = None, engine: str = "isal", level: int | None = None,
+         mtime: int | None = None, signer: Signer | None = None, fsync: bool = True,
+         spool_dir: PathLike | None = None, progress: Progress | None = None) -> PackResult:
+    """Pack raw ``disks`` (boot disk first) into an OVA, an OVA stream or an OVF folder.
+
+    ``output``: ``NAME.ova`` (written as NAME.ova.partial, renamed on success),
+    ``DIR/NAME.ovf`` (the folder form: NAME.ovf, NAME.mf and the VMDKs side by side), or a
+    writable binary file object (the OVA streamed in order).  Member names derive from NAME
+    (``appliance`` for a stream).  The tar mtime is ``mtime``, else $SOURCE_DATE_EPOCH, else
+    the newest input's mtime: same inputs and settings, same bytes.
+    """
+    started = time.perf_counter()
+    if not disks:
+        raise UsageError("pack: at least one disk image is needed")
+    if digest not in DIGESTS:
+        raise UsageError("--digest %r: allowed %s" % (digest, ", ".join(DIGESTS)))
+    if ovf_version not in ("1.0", "2.0"):
+        raise UsageError("--ovf-version %r: allowed 1.0, 2.0" % (ovf_version,))
+    workers = check_workers(parallel)
+    eng = get_engine(engine, level)
+    form, shown, stem = _output_form(output)
+    if vm is None:
+        vm = VirtualMachine(name=stem)
+
+    with contextlib.ExitStack() as stack:
+        sources = [stack.enter_context(RawSource(d)) for d in disks]
+        if mtime is None:
+            mtime = _default_mtime(sources)
+        names = ["%s-disk%d.vmdk" % (stem, i + 1) for i in range(len(sources))]
+        ovf_name, mf_name, cert_name = stem + ".ovf", stem + ".mf", stem + ".cert"
+
+        def entries(stats: Sequence[DiskStats | None], sizes: Sequence[int]) -> list[DiskEntry]:
+            return [DiskEntry(file_id="file%d" % (i + 1), href=names[i],
+                              file_size_bytes=sizes[i],
+                              capacity_bytes=src.capacity_sectors * 512,
+                              populated_bytes=st.populated_bytes if st else 0,
+                              disk_id="vmdisk%d" % (i + 1),
+                              content_id_hex=st.content_id if st else "0" * 32,
+                              slot=vm.slot_for(i))
+                    for i, (src, st) in enumerate(zip(sources, stats))]
+
+        placeholder = entries([None] * len(sources), [0] * len(sources))
+        ovf_reserved = reserve_size(vm, placeholder, ovf_version=ovf_version)  # type: ignore[arg-type]
+        mf_size = manifest_size([ovf_name, *names], digest)
+        slots = [(ovf_name, ovf_reserved), (mf_name, mf_size)]
+        if signer is not None:
+            probe = sign_manifest(bytes(mf_size), private_key_pem=signer.private_key_pem,
+                                  certificate_chain_pem=signer.certificate_chain_pem,
+                                  digest=signer.digest, mf_name=mf_name,
+                                  password=signer.password)
+            slots.append((cert_name, len(probe)))
+
+        def encode_into(i: int) -> Callable[[MemberSink], DiskStats]:
+            src = sources[i]
+            slot = vm.slot_for(i)  # type: ignore[union-attr]
+            report = None
+            if progress is not None:
+                name = names[i]
+
+                def report(advance: int, total: int) -> None:
+                    progress(name, advance, total)  # type: ignore[misc]
+            return lambda sink: write_stream_vmdk(
+                src, sink.write, file_name=names[i], engine=eng, workers=workers,
+                adapter_type=_adapter_for(slot.controller, slot.scsi_type), progress=report)
+
+        def finish_front(stats: list[DiskStats], disk_files: list[tuple[int, str]]
+                         ) -> list[tuple[str, bytes]]:
+            descriptor = render_descriptor(vm, entries(stats, [s for s, _ in disk_files]),  # type: ignore[arg-type]
+                                           ovf_version=ovf_version)  # type: ignore[arg-type]
+            if form != "ovf":
+                descriptor = pad_to(descriptor, ovf_reserved)
+            manifest = render_manifest([(ovf_name, digest, _digest_of(descriptor, digest))] +
+                                       [(n, digest, d) for n, (_, d) in zip(names, disk_files)])
+            front = [(ovf_name, descriptor), (mf_name, manifest)]
+            if signer is not None:
+                front.append((cert_name, sign_manifest(
+                    manifest, private_key_pem=signer.private_key_pem,
+                    certificate_chain_pem=signer.certificate_chain_pem, digest=signer.digest,
+                    mf_name=mf_name, password=signer.password)))
+            front_out[:] = front
+            return front
+
+        stats: list[DiskStats] = []
+        front_out: list[tuple[str, bytes]] = []
+        disk_files: list[tuple[int, str]] = []
+
+        def run_disks(add_member: Callable[[str, Callable[[MemberSink], None]], tuple[int, str]]
+                      ) -> None:
+            for i in range(len(sources)):
+                produce = encode_into(i)
+                holder: list[DiskStats] = []
+                disk_files.append(add_member(names[i], lambda sink: holder.append(produce(sink))))
+                stats.append(holder[0])
+
+        if form == "ova":
+            with atomic_output(shown, fsync=fsync) as f:
+                writer = SeekableOvaWriter(f, front=FrontMembers(tuple(slots)), mtime=mtime,
+                                           algorithm=digest)
+                run_disks(writer.add_member)
+                writer.finish([data for _, data in finish_front(stats, disk_files)])
+        elif form == "ova-stream":
+            streamer = StreamingOvaWriter(output, mtime=mtime, algorithm=digest,  # type: ignore[arg-type]
+                                          spool_dir=os.fspath(spool_dir) if spool_dir else None)
+            try:
+                run_disks(streamer.add_member)
+                streamer.finish(finish_front(stats, disk_files))
+            finally:
+                streamer.close()
+        else:
+            folder = os.path.dirname(os.path.abspath(shown))
+            written: list[str] = []
+            try:
+                def add_file(name: str, produce: Callable[[MemberSink], None]) -> tuple[int, str]:
+                    target = os.path.join(folder, name)
+                    with atomic_output(target, fsync=fsync) as f:
+                        sink = MemberSink(f.write, digest)
+                        produce(sink)
+                    written.append(target)
+                    return sink.size, sink.hexdigest()
+                run_disks(add_file)
+                front = finish_front(stats, disk_files)
+                # the descriptor last: its presence says the folder is complete
+                for name, data in reversed(front):
+                    add_file(name, lambda sink, data=data: sink.write(data))
+            except BaseException:
+                for target in written:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(target)
+                raise
+
+    files = [PackedFile(name, len(data), _digest_of(data, digest)) for name, data in front_out]
+    files += [PackedFile(n, size, d) for n, (size, d) in zip(names, disk_files)]
+    return PackResult(output=shown, form=form, ovf_version=ovf_version, digest_algorithm=digest,
+                      files=tuple(files),
+                      disks=tuple(PackedDisk(os.fspath(src), n, st)
+                                  for src, n, st in zip(disks, names, stats)),
+                      workers=workers, mtime=mtime, seconds=time.perf_counter() - started,
+                      engine=eng.describe())
+
+
+def _digest_of(data: bytes, algorithm: str) -> str:
+    sink = MemberSink(lambda b: None, algorithm)
+    sink.write(data)
+    return sink.hexdigest()

@@ -1,0 +1,78 @@
+"""The native span encoder against its pure-Python twin: byte parity on random spans."""
+
+from __future__ import annotations
+
+import random
+import zlib
+
+import pytest
+import xxhash
+from hypothesis import given, settings, strategies as st
+
+from ovfstream import grains_py
+from ovfstream.engine import get_engine
+
+native = pytest.importorskip("ovfstream._grains")
+GRAIN = 65536
+
+
+def _span(kinds: list[int], seed: int) -> bytearray:
+    rng = random.Random(seed)
+    buf = bytearray(len(kinds) * GRAIN)
+    for i, kind in enumerate(kinds):
+        if kind == 1:
+            buf[i * GRAIN:(i + 1) * GRAIN] = rng.randbytes(GRAIN)
+        elif kind == 2:  # one non-zero byte at a random place: still a data grain
+            buf[i * GRAIN + rng.randrange(GRAIN)] = rng.randrange(1, 256)
+        elif kind == 3:
+            buf[i * GRAIN:(i + 1) * GRAIN] = (b"grain text " * 6000)[:GRAIN]
+    return buf
+
+
+@settings(max_examples=40, deadline=None)
+@given(kinds=st.lists(st.integers(0, 3), min_size=0, max_size=24), seed=st.integers(0, 2**32),
+       first_lba=st.integers(0, 2**40).map(lambda x: x * 128))
+def test_encode_span_parity(kinds, seed, first_lba):
+    span = _span(kinds, seed)
+    compress = get_engine("isal", 1).compress
+    a = native.encode_span(span, first_lba, len(kinds), compress, xxhash.xxh3_64_intdigest)
+    b = grains_py.encode_span(span, first_lba, len(kinds), compress, xxhash.xxh3_64_intdigest)
+    assert bytes(a[0]) == bytes(b[0]) and a[1:] == b[1:]
+    assert len(a[2]) == 16 * sum(1 for k in kinds if k)
+    base = random.Random(seed).randrange(1, 2**31)
+    assert native.relocate_gt(a[1], base, 512) == grains_py.relocate_gt(b[1], base, 512)
+
+
+def test_zero_map_parity_single_byte_positions():
+    span = bytearray(4 * GRAIN)
+    for pos in (0, 7, 8, GRAIN - 1, GRAIN, 3 * GRAIN + 12345, 4 * GRAIN - 1):
+        span[pos] = 1
+        assert native.zero_grain_map(span, 4) == grains_py.zero_grain_map(span, 4)
+        span[pos] = 0
+    assert native.zero_grain_map(span, 4) == b"\x01" * 4
+
+
+def test_marker_and_payload_framing():
+    span = _span([0, 1, 3], 5)
+    framed, gt_rel, prints, payload = native.encode_span(
+        span, 1280, 3, get_engine("zlib", 6).compress, xxhash.xxh3_64_intdigest)
+    rel = [int.from_bytes(gt_rel[i:i + 4], "little") for i in range(0, 12, 4)]
+    assert rel[0] == 0 and rel[1] == 1 and rel[2] > 1
+    assert len(framed) % 512 == 0
+    for i, r in ((1, rel[1]), (2, rel[2])):
+        off = (r - 1) * 512
+        lba = int.from_bytes(framed[off:off + 8], "little")
+        size = int.from_bytes(framed[off + 8:off + 12], "little")
+        assert lba == 1280 + 128 * i
+        assert zlib.decompress(bytes(framed[off + 12:off + 12 + size])) == bytes(span[i * GRAIN:(i + 1) * GRAIN])
+    assert payload == sum(int.from_bytes(framed[(r - 1) * 512 + 8:(r - 1) * 512 + 12], "little")
+                          for r in rel if r)
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError):
+        native.encode_span(bytearray(GRAIN), 0, 2, zlib.compress, xxhash.xxh3_64_intdigest)
+    with pytest.raises(ValueError):
+        native.encode_span(bytearray(b"x" * GRAIN), 0, 1, lambda b: b"", xxhash.xxh3_64_intdigest)
+    with pytest.raises(OverflowError):
+        native.relocate_gt((5).to_bytes(4, "little"), 2**32, 512)
