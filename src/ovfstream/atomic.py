@@ -30,8 +30,12 @@ def atomic_output(path: str | os.PathLike[str], *, fsync: bool = True) -> Iterat
             os.fsync(f.fileno())
         f.close()
         os.replace(temp, final)
-    except BaseException:
-        f.close()
+    except BaseException as exc:
+        with contextlib.suppress(OSError):
+            f.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp)
+        if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+            # a failed write() names no file: say which one (ENOSPC, EFBIG, EIO...)
+            raise OSError(exc.errno, exc.strerror, temp) from exc
         raise

@@ -50,6 +50,36 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ddb.adapterType in the VMDK descriptor (default lsilogic)")
     _common(p)
 
+    p = sub.add_parser("pack", help="raw disks + VM description -> OVA, OVA stream or OVF folder")
+    p.add_argument("disks", nargs="+", metavar="DISK", help="raw disk images, boot disk first")
+    p.add_argument("-o", "--output", required=True,
+                   help="NAME.ova, DIR/NAME.ovf (folder form) or - (OVA on stdout)")
+    p.add_argument("--spec", help="VM description file (.toml, .yaml, .json); flags override it")
+    vm = p.add_argument_group("virtual machine (override --spec)")
+    vm.add_argument("--name", help="VM name (default: the output's name)")
+    vm.add_argument("--annotation")
+    vm.add_argument("--cpus", type=int)
+    vm.add_argument("--cores-per-socket", type=int)
+    vm.add_argument("--memory", type=int, metavar="MIB", help="memory in MiB")
+    vm.add_argument("--os", help="guest OS, e.g. debian12-64, ubuntu-64, rhel9-64, "
+                                 "windows2022srv-64, other-linux-64")
+    vm.add_argument("--firmware", help="bios or efi")
+    vm.add_argument("--secure-boot", action="store_const", const=True, default=None,
+                    help="UEFI secure boot (needs --firmware efi)")
+    vm.add_argument("--controller", help="disk controller: scsi, sata, ide or nvme")
+    vm.add_argument("--scsi-type", help="lsilogic, lsilogicsas, pvscsi or buslogic")
+    vm.add_argument("--nic", action="append", metavar="NETWORK[:TYPE]",
+                    help="a NIC on NETWORK (TYPE vmxnet3, e1000, e1000e); repeatable")
+    vm.add_argument("--cdrom", action="store_const", const=True, default=None,
+                    help="add a CD-ROM drive")
+    vm.add_argument("--hw-version", help="virtual hardware version N or vmx-N (default 14)")
+    p.add_argument("--ovf-version", default="1.0", help="1.0 (default, widest support) or 2.0")
+    p.add_argument("--digest", default="sha256", help="manifest digest: sha1, sha256, sha512")
+    p.add_argument("--sign-key", metavar="KEY.pem", help="sign the manifest into NAME.cert")
+    p.add_argument("--sign-cert", metavar="CERT.pem", help="signer certificate (+ chain)")
+    p.add_argument("--spool-dir", help="where -o - keeps compressed disks until they stream")
+    _common(p)
+
     p = sub.add_parser("extract", help="VMDK or package -> raw (sparse) disks")
     p.add_argument("source", help="a .vmdk, .ova, .ovf or OVF directory")
     p.add_argument("-o", "--output", required=True,
@@ -67,10 +97,16 @@ def _emit_json(doc: dict[str, Any]) -> None:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert
-    from .progress import progress_bar
-    with progress_bar(os.path.basename(args.source), enabled=not args.quiet) as bar:
+    from .progress import progress_bars
+    with progress_bars(enabled=not args.quiet) as bars:
+        report = None
+        if bars is not None:
+            label = os.path.basename(args.source)
+
+            def report(advance: int, total: int) -> None:
+                bars(label, advance, total)
         result = convert(args.source, args.output, parallel=args.parallel, engine=args.engine,
-                         level=args.level, adapter_type=args.adapter_type, progress=bar)
+                         level=args.level, adapter_type=args.adapter_type, progress=report)
     if args.json:
         _emit_json(result.as_dict())
     elif not args.quiet:
@@ -93,7 +129,58 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"convert": _cmd_convert, "extract": _cmd_extract}
+def _vm_from_args(args: argparse.Namespace, stem: str) -> Any:
+    from .ovf.model import VirtualMachine
+    from .ovf.spec import load_spec, parse_nic, vm_from_mapping
+    vm = VirtualMachine(name=stem)
+    if args.spec:
+        vm = vm_from_mapping(load_spec(args.spec), base=vm)
+    flags = {"name": args.name, "annotation": args.annotation, "cpus": args.cpus,
+             "cores_per_socket": args.cores_per_socket, "memory": args.memory, "os": args.os,
+             "firmware": args.firmware, "secure_boot": args.secure_boot,
+             "controller": args.controller, "scsi_type": args.scsi_type,
+             "nics": args.nic, "cdrom": args.cdrom, "hw_version": args.hw_version}
+    return vm_from_mapping(flags, base=vm)
+
+
+def _cmd_pack(args: argparse.Namespace) -> int:
+    from .pack import Signer, pack
+    from .progress import progress_bars
+    if args.output == "-":
+        stem, output = "appliance", sys.stdout.buffer
+        if sys.stdout.isatty():
+            raise UsageError("-o -: stdout is a terminal; redirect it to a file or a pipe")
+    else:
+        stem, output = os.path.splitext(os.path.basename(args.output))[0], args.output
+    vm = _vm_from_args(args, stem)
+    signer = None
+    if args.sign_key or args.sign_cert:
+        if not (args.sign_key and args.sign_cert):
+            raise UsageError("--sign-key and --sign-cert go together")
+        with open(args.sign_key, "rb") as k, open(args.sign_cert, "rb") as c:
+            signer = Signer(private_key_pem=k.read(), certificate_chain_pem=c.read(),
+                            digest=args.digest)
+    with progress_bars(enabled=not args.quiet) as bars:
+        result = pack(args.disks, output, vm=vm, ovf_version=args.ovf_version,
+                      digest=args.digest, parallel=args.parallel, engine=args.engine,
+                      level=args.level, signer=signer, spool_dir=args.spool_dir, progress=bars)
+    if args.json:
+        doc = result.as_dict()
+        if args.output == "-":  # stdout carries the OVA: the JSON goes to stderr
+            sys.stderr.write(json.dumps(doc, indent=2) + "\n")
+        else:
+            _emit_json(doc)
+    elif not args.quiet:
+        for f in result.files:
+            print("%-40s %14d  %s" % (f.name, f.size, f.digest), file=sys.stderr)
+        read = sum(d.stats.bytes_read for d in result.disks)
+        print("%s: %d disk(s), %.2f s, %.3f GB/s read" % (
+            result.output, len(result.disks), result.seconds,
+            read / result.seconds / 1e9 if result.seconds else 0.0), file=sys.stderr)
+    return EXIT_OK
+
+
+COMMANDS = {"convert": _cmd_convert, "extract": _cmd_extract, "pack": _cmd_pack}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

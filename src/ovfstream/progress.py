@@ -6,22 +6,27 @@ import contextlib
 import sys
 from typing import Callable, Iterator
 
+Report = Callable[[str, int, int], None]  # (label, advance bytes, total bytes)
+
 
 @contextlib.contextmanager
-def progress_bar(label: str, *, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """Yield a progress(advance_bytes, total_bytes) callback, or None when not on a terminal."""
+def progress_bars(*, enabled: bool) -> Iterator[Report | None]:
+    """Yield a report(label, advance, total) callback with one bar per label, or None when
+    disabled or stderr is not a terminal."""
     if not enabled or not sys.stderr.isatty():
         yield None
         return
+    from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TimeRemainingColumn, TransferSpeedColumn)
-    from rich.console import Console
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                   TransferSpeedColumn(), TimeRemainingColumn(),
-                  console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(label, total=None)
+                  console=Console(stderr=True)) as bar:
+        tasks: dict[str, int] = {}
 
-        def advance(n: int, total: int) -> None:
-            bar.update(task, advance=n, total=total)
+        def report(label: str, advance: int, total: int) -> None:
+            if label not in tasks:
+                tasks[label] = bar.add_task(label, total=total)
+            bar.update(tasks[label], advance=advance, total=total)
 
-        yield advance
+        yield report

@@ -1,0 +1,315 @@
+"""VM spec files (TOML, YAML, JSON) and flag mappings -> :class:`VirtualMachine`.
+
+The keys are the ``pack`` options of the CLI contract (DESIGN.md "Command line and library"),
+with the values and limits of FORMATS.md section 5.1 as checked by :mod:`.model`::
+
+    name, annotation, cpus, cores_per_socket, memory (MiB), os, firmware, secure_boot,
+    controller, scsi_type, disk_slots, nics, cdrom, hw_version (int or "vmx-NN"),
+    product {product, vendor, version, full_version, product_url, vendor_url, transport,
+             properties [{key, type, default, user_configurable, label, description,
+                          qualifiers}]},
+    eula (text) | eula_file (path, relative to the spec file)
+
+``nics`` is a list of ``"NET[:TYPE]"`` strings or ``{network, type}`` tables;
+``disk_slots`` (disk i's controller, boot disk first) a list of ``"CONTROLLER[:SCSI_TYPE]"``
+strings or ``{controller, scsi_type}`` tables.  Every error is a :class:`UsageError` naming
+the key path (``product.properties[1].type``), the value and what is allowed.
+
+Layering: ``vm = vm_from_mapping(file_mapping)`` then
+``vm_from_mapping(flag_mapping, base=vm)``: only keys present (and not None) in the second
+mapping override; ``controller``/``scsi_type`` override the default slot field by field and
+``product`` keys override the base product key by key (``properties`` as a whole).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from ..errors import UsageError
+from .model import (
+    CONTROLLERS,
+    NIC_ADAPTERS,
+    SCSI_TYPES,
+    DiskSlot,
+    Nic,
+    Product,
+    Property,
+    VirtualMachine,
+)
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (pyproject declares tomli there)
+    import tomli as tomllib
+
+__all__ = ["SPEC_KEYS", "PRODUCT_KEYS", "PROPERTY_KEYS", "load_spec", "vm_from_mapping",
+           "parse_nic", "parse_slot"]
+
+SPEC_KEYS: tuple[str, ...] = (
+    "name", "annotation", "cpus", "cores_per_socket", "memory", "os", "firmware",
+    "secure_boot", "controller", "scsi_type", "disk_slots", "nics", "cdrom", "hw_version",
+    "product", "eula", "eula_file")
+PRODUCT_KEYS: tuple[str, ...] = (
+    "product", "vendor", "version", "full_version", "product_url", "vendor_url", "transport",
+    "properties")
+PROPERTY_KEYS: tuple[str, ...] = (
+    "key", "type", "default", "user_configurable", "label", "description", "qualifiers")
+_NIC_KEYS = ("network", "type")
+_SLOT_KEYS = ("controller", "scsi_type")
+
+# Spec key -> VirtualMachine field, where they differ.
+_FIELD = {"memory": "memory_mib"}
+_HW_RE = re.compile(r"^vmx-(\d{1,2})$")
+# Keep a hostile spec from making us read a huge "EULA".
+_MAX_EULA_BYTES = 1 << 20
+
+T = TypeVar("T")
+
+
+def _bad(path: str, value: object, allowed: str) -> UsageError:
+    return UsageError("%s: %r is not allowed (%s)" % (path, value, allowed))
+
+
+def _relabel(path: str, model_prefix: str, build: Callable[[], T]) -> T:
+    """Run a model constructor; re-anchor its error from the model's field name to ``path``."""
+    try:
+        return build()
+    except UsageError as exc:
+        text = str(exc)
+        if text.startswith(model_prefix):
+            text = path + text[len(model_prefix):]
+        raise UsageError(text) from None
+
+
+def _mapping(path: str, value: object, keys: tuple[str, ...]) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _bad(path, value, "a table with keys " + ", ".join(keys))
+    for key in value:
+        if key not in keys:
+            where = "%s.%s" % (path, key) if path else str(key)
+            raise UsageError("%s: unknown key (allowed: %s)" % (where, ", ".join(keys)))
+    return value
+
+
+def _str(path: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise _bad(path, value, "a string")
+    return value
+
+
+def _int(path: str, value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _bad(path, value, "an integer")
+    return value
+
+
+def _bool(path: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(path, value, "true or false")
+    return value
+
+
+def _list(path: str, value: object) -> list[Any]:
+    if not isinstance(value, (list, tuple)):
+        raise _bad(path, value, "a list")
+    return list(value)
+
+
+def parse_nic(text: str, *, path: str = "nics") -> Nic:
+    """``"NET"`` or ``"NET:TYPE"`` (TYPE one of e1000, e1000e, vmxnet3) -> Nic."""
+    _str(path, text)
+    network, adapter = text, "e1000"
+    if ":" in text:
+        network, _, adapter = text.rpartition(":")
+        if adapter not in NIC_ADAPTERS:
+            raise _bad(path, text, "NET or NET:TYPE with TYPE one of " + ", ".join(NIC_ADAPTERS))
+    if not network:
+        raise _bad(path, text, "NET or NET:TYPE with a non-empty network name")
+    return _relabel(path, "nic", lambda: Nic(network=network, adapter=adapter))  # type: ignore[arg-type]
+
+
+def parse_slot(text: str, *, path: str = "disk_slots") -> DiskSlot:
+    """``"CONTROLLER"`` or ``"scsi:SCSI_TYPE"`` -> DiskSlot."""
+    _str(path, text)
+    controller, sep, scsi_type = text.partition(":")
+    if controller not in CONTROLLERS or (sep and (
+            controller != "scsi" or scsi_type not in SCSI_TYPES)):
+        raise _bad(path, text, "one of %s, or scsi:TYPE with TYPE one of %s"
+                   % (", ".join(CONTROLLERS), ", ".join(SCSI_TYPES)))
+    return DiskSlot(controller=controller, scsi_type=scsi_type or "lsilogic")  # type: ignore[arg-type]
+
+
+def _nic(path: str, value: object) -> Nic:
+    if isinstance(value, str):
+        return parse_nic(value, path=path)
+    table = _mapping(path, value, _NIC_KEYS)
+    kwargs: dict[str, Any] = {}
+    if "network" in table:
+        kwargs["network"] = _str(path + ".network", table["network"])
+    if "type" in table:
+        kwargs["adapter"] = _str(path + ".type", table["type"])
+    return _relabel(path, "nic", lambda: Nic(**kwargs))
+
+
+def _slot(path: str, value: object) -> DiskSlot:
+    if isinstance(value, str):
+        return parse_slot(value, path=path)
+    table = _mapping(path, value, _SLOT_KEYS)
+    kwargs = {k: _str("%s.%s" % (path, k), table[k]) for k in _SLOT_KEYS if k in table}
+    return _relabel(path + ".", "", lambda: DiskSlot(**kwargs))
+
+
+def _hw_version(value: object) -> int:
+    if isinstance(value, str):
+        match = _HW_RE.match(value)
+        if match:
+            return int(match.group(1))
+        raise _bad("hw_version", value, "an integer or \"vmx-NN\"")
+    return _int("hw_version", value)
+
+
+def _property(path: str, value: object) -> Property:
+    table = _mapping(path, value, PROPERTY_KEYS)
+    if "key" not in table:
+        raise UsageError("%s.key: missing (every property needs a key)" % path)
+    kwargs: dict[str, Any] = {}
+    for key in PROPERTY_KEYS:
+        if key not in table:
+            continue
+        item = table[key]
+        if key == "user_configurable":
+            kwargs[key] = _bool(path + "." + key, item)
+        elif key == "default" and isinstance(item, bool):
+            # TOML/YAML booleans and numbers are what a user means by the property's text.
+            kwargs[key] = "true" if item else "false"
+        elif key == "default" and isinstance(item, (int, float)):
+            kwargs[key] = str(item)
+        else:
+            kwargs[key] = _str(path + "." + key, item)
+    return _relabel(path, "property", lambda: Property(**kwargs))
+
+
+def _product(value: object, base: Product | None) -> Product:
+    table = _mapping("product", value, PRODUCT_KEYS)
+    kwargs: dict[str, Any] = {}
+    for key in PRODUCT_KEYS:
+        if key not in table or (table[key] is None and key != "transport"):
+            continue
+        item = table[key]
+        path = "product." + key
+        if key == "properties":
+            kwargs[key] = tuple(_property("%s[%d]" % (path, i), p)
+                                for i, p in enumerate(_list(path, item)))
+        elif key == "transport":
+            # "" or null: no transport (properties then only document the appliance).
+            kwargs[key] = None if item in (None, "") else _str(path, item)
+        else:
+            kwargs[key] = _str(path, item)
+    if base is not None:
+        return _relabel("product", "product", lambda: dataclasses.replace(base, **kwargs))
+    return _relabel("product", "product", lambda: Product(**kwargs))
+
+
+def _read_eula(value: object, base_dir: Path | None) -> str:
+    path = Path(_str("eula_file", value))
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(_MAX_EULA_BYTES + 1)
+    except OSError as exc:
+        raise _bad("eula_file", str(path), "a readable file: %s" % exc.strerror) from None
+    if len(data) > _MAX_EULA_BYTES:
+        raise _bad("eula_file", str(path), "a file of at most %d bytes" % _MAX_EULA_BYTES)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise _bad("eula_file", str(path), "UTF-8 text") from None
+
+
+def vm_from_mapping(mapping: Mapping[str, object], *, base: VirtualMachine | None = None,
+                    base_dir: str | os.PathLike[str] | None = None) -> VirtualMachine:
+    """Build (or, with ``base``, override) a VirtualMachine from spec keys.
+
+    ``base_dir`` anchors a relative ``eula_file`` (``load_spec`` already makes it absolute).
+    Keys whose value is None count as absent, so an argparse namespace can be passed as is.
+    """
+    table = _mapping("", mapping, SPEC_KEYS)
+    present = {k: v for k, v in table.items() if v is not None}
+    anchor = Path(base_dir) if base_dir is not None else None
+    if "eula" in present and "eula_file" in present:
+        raise UsageError("eula_file: give either eula or eula_file, not both")
+
+    changes: dict[str, Any] = {}
+    for key, value in present.items():
+        if key in ("name", "annotation", "os", "firmware"):
+            changes[key] = _str(key, value)
+        elif key in ("cpus", "cores_per_socket", "memory"):
+            changes[_FIELD.get(key, key)] = _int(key, value)
+        elif key in ("secure_boot", "cdrom"):
+            changes[key] = _bool(key, value)
+        elif key == "hw_version":
+            changes[key] = _hw_version(value)
+        elif key == "nics":
+            changes[key] = tuple(_nic("nics[%d]" % i, n) for i, n in enumerate(_list(key, value)))
+        elif key == "disk_slots":
+            changes[key] = tuple(_slot("disk_slots[%d]" % i, s)
+                                 for i, s in enumerate(_list(key, value)))
+        elif key == "product":
+            changes[key] = _product(value, base.product if base is not None else None)
+        elif key == "eula":
+            changes[key] = _str(key, value)
+        elif key == "eula_file":
+            changes["eula"] = _read_eula(value, anchor)
+
+    if "controller" in present or "scsi_type" in present:
+        slot = base.default_slot if base is not None else DiskSlot()
+        fields = {k: _str(k, present[k]) for k in _SLOT_KEYS if k in present}
+        changes["default_slot"] = _relabel("", "", lambda: dataclasses.replace(slot, **fields))
+
+    if base is not None:
+        return dataclasses.replace(base, **changes)
+    if "name" not in changes:
+        raise UsageError("name: missing (every VM needs a name)")
+    return VirtualMachine(**changes)
+
+
+def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a spec file by its suffix: .toml, .yaml/.yml or .json -> dict.
+
+    A relative ``eula_file`` is made absolute against the spec file's folder.
+    """
+    spec_path = Path(path)
+    suffix = spec_path.suffix.lower()
+    if suffix not in (".toml", ".yaml", ".yml", ".json"):
+        raise _bad("spec", os.fspath(path), "a .toml, .yaml, .yml or .json file")
+    data = spec_path.read_bytes()
+    try:
+        if suffix == ".toml":
+            loaded: object = tomllib.loads(data.decode("utf-8"))
+        elif suffix == ".json":
+            loaded = json.loads(data)
+        else:
+            loaded = yaml.safe_load(data)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError,
+            UnicodeDecodeError) as exc:
+        raise UsageError("spec: %s cannot be parsed: %s" % (spec_path, exc)) from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
+        raise UsageError("spec: %s must hold a table of keys (%s)"
+                         % (spec_path, ", ".join(SPEC_KEYS)))
+    result = dict(loaded)
+    eula_file = result.get("eula_file")
+    if isinstance(eula_file, str) and not Path(eula_file).is_absolute():
+        result["eula_file"] = str(spec_path.resolve().parent / eula_file)
+    return result

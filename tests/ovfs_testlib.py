@@ -1,0 +1,76 @@
+"""Test helpers: generated raw disks (sparse files, holes, zero grains, random and
+compressible data, partial last grain) and the real tools the interop tests need."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Callable, Sequence
+
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+GRAIN = 65536
+
+
+def _text_block(rng: random.Random, n: int) -> bytes:
+    words = [b"ovf", b"disk", b"grain", b"stream", b"kernel", b"/usr/lib", b"\n", b"0x1f",
+             b"appliance", b"Lorem", b"ipsum"]
+    out = bytearray()
+    while len(out) < n:
+        out += rng.choice(words) + b" "
+    return bytes(out[:n])
+
+
+Layout = Sequence[tuple[int, str, int]]  # (offset, kind, length): kind random|text|zero
+
+
+def write_disk(path: Path, size: int, layout: Layout, *, seed: int = 1) -> Path:
+    """A sparse raw image of ``size`` bytes with the given written regions (rest: holes)."""
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        f.truncate(size)
+        for offset, kind, length in layout:
+            f.seek(offset)
+            if kind == "random":
+                f.write(rng.randbytes(length))
+            elif kind == "text":
+                f.write(_text_block(rng, length))
+            elif kind == "zero":  # explicit zeros: data extents that hold zero grains
+                f.write(bytes(length))
+            else:
+                raise ValueError(kind)
+    return path
+
+
+MIB = 1 << 20
+
+DISKS: dict[str, tuple[int, Layout]] = {
+    "empty": (64 * MIB, []),
+    "all_zero_written": (8 * MIB, [(0, "zero", 8 * MIB)]),
+    "random": (8 * MIB, [(0, "random", 8 * MIB)]),
+    "mixed": (100 * MIB, [(5 * MIB, "random", 3 * MIB), (40 * MIB, "text", 2 * MIB + 12345),
+                          (70 * MIB, "zero", MIB), (33 * MIB - 100, "text", 300),
+                          (100 * MIB - 1000, "random", 1000)]),
+    "odd_size": (3 * MIB + 12345, [(0, "text", 100000), (3 * MIB, "random", 12345)]),
+    "sector_tail": (2 * MIB + 4096 + 512, [(2 * MIB, "random", 4096 + 512)]),
+}
+
+
+def tool(name: str) -> str:
+    """The path of a real tool the interop tests need; in CI its absence fails the test."""
+    found = shutil.which(name)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("%s is required in CI (.ci/run installs it)" % name)
+        pytest.skip("%s not installed" % name)
+    return found
+
+
+def run(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([os.fspath(a) for a in args], capture_output=True, text=True)
+
+
