@@ -88,6 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="disk output: sparse raw (default), the VMDK member itself, or raw "
                         "compressed with zstandard")
     _common(p, engine=False)
+
+    p = sub.add_parser("verify", help="check a package or VMDK: layout, digests, signature, "
+                                      "VMDK structure, references")
+    p.add_argument("package", help="an .ova, an .ovf (its folder holds the rest), a package "
+                                   "folder, or a .vmdk")
+    p.add_argument("--strict", action="store_true",
+                   help="also validate the descriptor against the DMTF OVF XSDs")
+    p.add_argument("--deep", action="store_true",
+                   help="also inflate every grain: content id, populated size")
+    p.add_argument("--schema-dir", help="folder with ovf-1.0.0/, ovf-1.1.1/, ovf-2.0.1/ "
+                                        "(default: $OVFSTREAM_SCHEMA_DIR or the source tree's)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("--quiet", "-q", action="store_true", help="print errors only")
+
+    p = sub.add_parser("inspect", help="what a package or VMDK declares, on one screen")
+    p.add_argument("package", help="an .ova, an .ovf, a package folder, or a .vmdk")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     return parser
 
 
@@ -180,7 +197,46 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"convert": _cmd_convert, "extract": _cmd_extract, "pack": _cmd_pack}
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .verify import verify
+    result = verify(args.package, strict=args.strict, deep=args.deep, schema_dir=args.schema_dir)
+    if args.json:
+        _emit_json(result.as_dict())
+    else:
+        for f in result.findings:
+            if f.severity == "error" or (not args.quiet and f.severity == "warning"):
+                print(str(f), file=sys.stderr)
+        if not args.quiet:
+            print("%s: %s, %d error(s), %d warning(s), %d digest(s) checked, %.2f s" % (
+                args.package, "OK" if result.ok else "FAILED", len(result.errors),
+                sum(f.severity == "warning" for f in result.findings),
+                result.digests_checked, result.seconds), file=sys.stderr)
+    return EXIT_OK if result.ok else EXIT_CHECK
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from .inspect import inspect
+    result = inspect(args.package)
+    if args.json:
+        _emit_json(result.as_dict())
+        return EXIT_OK
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for label, value in result.rows():
+        table.add_row(label, value)
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(table)
+    for f in result.findings:
+        if f.severity != "info":
+            console.print("%s" % f, markup=False)
+    return EXIT_OK
+
+
+COMMANDS = {"convert": _cmd_convert, "extract": _cmd_extract, "pack": _cmd_pack,
+            "verify": _cmd_verify, "inspect": _cmd_inspect}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

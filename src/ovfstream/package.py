@@ -1,0 +1,123 @@
+"""Opening a package for reading: an .ova file, an .ovf file with its folder, or a folder.
+
+Gives the list of members (name, size, where the bytes are) without reading any data, so
+that inspect, verify and extract share one safe way in.  OVA members come from our own
+ustar walk (ova/tar.py): unsafe names, links, devices, duplicates and truncation are
+refused there.  In the folder form only the descriptor's own folder is ever opened, and a
+name with a separator or '..' is refused the same way as in a tar.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from .errors import Finding, TarFormatError, UsageError
+from .ova import tar
+from .ova.tar import check_member_name
+
+__all__ = ["Member", "Package", "open_package", "MAX_SMALL_MEMBER"]
+
+# Descriptors, manifests and certificates are read whole; nothing larger is accepted.
+MAX_SMALL_MEMBER = 16 << 20
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    size: int
+    offset: int           # data offset inside the OVA; 0 for a file of the folder form
+    path: str             # the file holding the bytes (the OVA, or the folder's file)
+    index: int            # position in the archive (folder form: descriptor 0, rest sorted)
+
+
+@dataclass
+class Package:
+    path: str
+    form: str                        # "ova" or "ovf"
+    members: list[Member]
+    descriptor: Member
+    findings: list[Finding] = field(default_factory=list)
+
+    def member(self, name: str) -> Member | None:
+        for m in self.members:
+            if m.name == name:
+                return m
+        return None
+
+    def location(self, member: Member | None = None) -> str:
+        return self.path + (":" + member.name if member is not None and self.form == "ova" else "")
+
+    def open(self, member: Member) -> BinaryIO:
+        f = open(member.path, "rb")
+        f.seek(member.offset)
+        return f
+
+    def read_small(self, member: Member) -> bytes:
+        if member.size > MAX_SMALL_MEMBER:
+            raise TarFormatError("ova.member.size", "%s is %d bytes, more than the %d a "
+                                 "descriptor, manifest or certificate may have"
+                                 % (member.name, member.size, MAX_SMALL_MEMBER),
+                                 path=self.path, member=member.name)
+        with self.open(member) as f:
+            data = f.read(member.size)
+        if len(data) != member.size:
+            raise TarFormatError("ova.tar.truncated", "%s: %d of %d bytes"
+                                 % (member.name, len(data), member.size),
+                                 path=self.path, member=member.name)
+        return data
+
+
+def _open_ova(path: str) -> Package:
+    members: list[Member] = []
+    with open(path, "rb") as f:
+        reader = tar.TarReader(f, path=path)
+        for entry in reader.members():
+            members.append(Member(entry.name, entry.size, entry.data_offset, path, len(members)))
+        findings = list(reader.findings)
+    ovfs = [m for m in members if m.name.lower().endswith(".ovf")]
+    if not ovfs:
+        raise TarFormatError("ova.descriptor.missing", "no .ovf descriptor among %d members"
+                             % len(members), path=path)
+    if len(ovfs) > 1:
+        findings.append(Finding("ova.descriptor.many", "warning", path, ovfs[1].offset,
+                                "%d descriptors; the first, %s, is used"
+                                % (len(ovfs), ovfs[0].name)))
+    return Package(path, "ova", members, ovfs[0], findings)
+
+
+def _open_folder(descriptor_path: str) -> Package:
+    folder = os.path.dirname(os.path.abspath(descriptor_path))
+    name = os.path.basename(descriptor_path)
+    members = [Member(name, os.path.getsize(descriptor_path), 0, descriptor_path, 0)]
+    for entry in sorted(os.listdir(folder)):
+        full = os.path.join(folder, entry)
+        if entry == name or not os.path.isfile(full) or os.path.islink(full):
+            continue
+        try:
+            check_member_name(entry)
+        except TarFormatError:
+            continue  # not something a descriptor may reference
+        members.append(Member(entry, os.path.getsize(full), 0, full, len(members)))
+    return Package(os.path.abspath(descriptor_path), "ovf", members, members[0])
+
+
+def open_package(path: str | os.PathLike[str]) -> Package:
+    """An .ova file, an .ovf file (its folder holds the rest), or a folder with one .ovf."""
+    text = os.fspath(path)
+    if os.path.isdir(text):
+        ovfs = sorted(e for e in os.listdir(text) if e.lower().endswith(".ovf"))
+        if len(ovfs) != 1:
+            raise UsageError("%s: a package folder must hold exactly one .ovf (found %d)"
+                             % (text, len(ovfs)))
+        return _open_folder(os.path.join(text, ovfs[0]))
+    if not os.path.exists(text):
+        raise FileNotFoundError(2, "No such file or directory", text)
+    if text.lower().endswith(".ovf"):
+        return _open_folder(text)
+    with open(text, "rb") as f:
+        head = f.read(tar.BLOCK)
+    if text.lower().endswith(".ova") or head[257:262] == b"ustar":
+        return _open_ova(text)
+    raise UsageError("%s: not an .ova, an .ovf or a package folder" % text)

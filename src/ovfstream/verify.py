@@ -1,0 +1,273 @@
+"""``ovfstream verify``: is this package sound, before an import fails at night?
+
+Checks, each a Finding with a rule id (docs/rules.md): the tar layout and member order
+(FORMATS.md 2), safe names, every referenced file present with ``ovf:size`` equal to its
+member, the manifest (parsed tolerantly, every digest checked), the certificate (RSA
+PKCS#1 v1.5 over the exact manifest bytes), each VMDK's structure, and the descriptor's
+cross references.  ``strict`` adds XSD validation; ``deep`` inflates every grain.
+
+Digests: each member's data is read once, front to back, in large reads, at hashlib speed.
+The VMDK structure walk then reads only marker sectors and tables (``deep`` reads the
+payloads again to inflate them; by then they are in the page cache).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import os
+import time
+from dataclasses import dataclass, field
+
+from .cert import check_signature, parse_certificate_file
+from .errors import FormatError, Finding, UnsupportedError, location
+from .manifest import parse_manifest
+from .ovf.reader import parse_descriptor
+from .ovf.summary import Descriptor
+from .package import Member, Package, open_package
+from .vmdk.reader import VmdkReader
+
+__all__ = ["verify", "VerifyResult", "RULES"]
+
+RULES: dict[str, str] = {
+    "ova.member.order": "the descriptor is not the first member, or the manifest/certificate "
+                        "are neither right after it nor at the end",
+    "ova.file.missing": "a file the descriptor references is not in the package",
+    "ova.file.size": "a member's size differs from its File ovf:size",
+    "ova.file.extra": "a member that nothing references (warning)",
+    "ova.descriptor.missing": "no .ovf descriptor in the package",
+    "ova.descriptor.many": "more than one .ovf in the package (warning)",
+    "ova.member.size": "a descriptor, manifest or certificate larger than 16 MiB",
+    "mf.missing": "the package has no manifest (warning)",
+    "mf.file.missing": "the manifest lists a file that is not in the package",
+    "mf.file.unlisted": "a package file the manifest does not list",
+    "mf.digest.mismatch": "a file's digest differs from the manifest's",
+    "disk.capacity": "the VMDK's capacity differs from the descriptor's Disk ovf:capacity",
+    "disk.populated": "ovf:populatedSize differs from the bytes of non-zero grains (deep; warning)",
+    "disk.format": "a disk that is not a stream-optimized VMDK (info: not checked further)",
+}
+
+_CHUNK = 8 << 20
+_VMDK_FORMAT_HINT = "vmdk"
+
+
+@dataclass
+class VerifyResult:
+    path: str
+    findings: list[Finding] = field(default_factory=list)
+    descriptor: Descriptor | None = None
+    digests_checked: int = 0
+    bytes_hashed: int = 0
+    seconds: float = 0.0
+    content_ids: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.severity == "error" for f in self.findings)
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"operation": "verify", "path": self.path, "ok": self.ok,
+                "errors": len(self.errors),
+                "warnings": sum(f.severity == "warning" for f in self.findings),
+                "digests_checked": self.digests_checked, "bytes_hashed": self.bytes_hashed,
+                "seconds": round(self.seconds, 6),
+                "hash_gb_per_s": round(self.bytes_hashed / self.seconds / 1e9, 3)
+                if self.seconds else None,
+                "content_ids": self.content_ids,
+                "findings": [f.as_dict() for f in self.findings]}
+
+
+def _hash_members(pkg: Package, members: list[Member], algorithms: set[str]
+                  ) -> dict[str, dict[str, str]]:
+    """{member: {algorithm: hex}} reading each member once in large sequential reads."""
+    out: dict[str, dict[str, str]] = {}
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    for m in members:
+        hashers = {a: hashlib.new(a) for a in sorted(algorithms)}
+        with pkg.open(m) as f:
+            left = m.size
+            while left:
+                n = f.readinto(view[:min(left, _CHUNK)])
+                if not n:
+                    raise FormatError("ova.tar.truncated", "member data ends %d bytes early"
+                                      % left, path=pkg.path, member=m.name)
+                for h in hashers.values():
+                    h.update(view[:n])
+                left -= n
+        out[m.name] = {a: h.hexdigest() for a, h in hashers.items()}
+    return out
+
+
+def _order_findings(pkg: Package) -> list[Finding]:
+    if pkg.form != "ova":
+        return []
+    names = [m.name for m in pkg.members]
+    findings = []
+    if names[0] != pkg.descriptor.name:
+        findings.append(Finding("ova.member.order", "error", pkg.path, pkg.members[0].offset - 512,
+                                "the first member is %s; the descriptor %s must come first "
+                                "(ovftool, ESXi and oVirt read it first)"
+                                % (names[0], pkg.descriptor.name)))
+    extras = [i for i, n in enumerate(names) if n.lower().endswith((".mf", ".cert"))]
+    if extras:
+        after_descriptor = extras == list(range(1, 1 + len(extras)))
+        at_end = extras == list(range(len(names) - len(extras), len(names)))
+        if not (after_descriptor or at_end):
+            findings.append(Finding("ova.member.order", "error", pkg.path, None,
+                                    "manifest/certificate at positions %s: they go right after "
+                                    "the descriptor or both at the very end" % extras))
+    return findings
+
+
+def verify(path: str | os.PathLike[str], *, strict: bool = False, deep: bool = False,
+           schema_dir: str | os.PathLike[str] | None = None,
+           now: _dt.datetime | None = None) -> VerifyResult:
+    """Verify an .ova, an .ovf (with its folder) or a bare .vmdk; findings, never a traceback.
+
+    ``now`` judges certificate validity periods (default: the current time; pass it to pin).
+    """
+    started = time.perf_counter()
+    text = os.fspath(path)
+    result = VerifyResult(text)
+    if text.lower().endswith(".vmdk"):
+        _verify_disk(result, VmdkReader(text), deep=deep, name=text, declared=None)
+        result.seconds = time.perf_counter() - started
+        return result
+    try:
+        pkg = open_package(text)
+    except FormatError as exc:
+        result.findings.append(exc.finding())
+        result.seconds = time.perf_counter() - started
+        return result
+    result.findings += pkg.findings
+    result.findings += _order_findings(pkg)
+
+    desc_member = pkg.descriptor
+    try:
+        descriptor, desc_findings = parse_descriptor(pkg.read_small(desc_member),
+                                                     path=pkg.location(desc_member),
+                                                     strict=strict, schema_dir=schema_dir)
+    except FormatError as exc:
+        result.findings.append(exc.finding())
+        result.seconds = time.perf_counter() - started
+        return result
+    result.descriptor = descriptor
+    result.findings += desc_findings
+
+    stem = os.path.splitext(desc_member.name)[0]
+    mf_member = pkg.member(stem + ".mf")
+    cert_member = pkg.member(stem + ".cert")
+    referenced: dict[str, int | None] = {f.href: f.size for f in descriptor.files}
+    for href, size in referenced.items():
+        m = pkg.member(href)
+        if m is None:
+            if "://" not in href:
+                result.findings.append(Finding("ova.file.missing", "error", pkg.path, None,
+                                                "the descriptor references %s; the package "
+                                                "has no such file" % href))
+            continue
+        if size is not None and size != m.size:
+            result.findings.append(Finding("ova.file.size", "error", pkg.location(m), None,
+                                            "ovf:size says %d bytes, the file has %d"
+                                            % (size, m.size)))
+    known = {desc_member.name, *(m.name for m in (mf_member, cert_member) if m)}
+    for m in pkg.members:
+        if m.name not in known and m.name not in referenced and pkg.form == "ova":
+            result.findings.append(Finding("ova.file.extra", "warning", pkg.location(m), None,
+                                            "not referenced by the descriptor"))
+
+    # Manifest and digests
+    entries = []
+    mf_bytes = b""
+    if mf_member is None:
+        result.findings.append(Finding("mf.missing", "warning", pkg.path, None,
+                                        "no %s.mf: nothing proves the files are intact" % stem))
+    else:
+        try:
+            mf_bytes = pkg.read_small(mf_member)
+            entries, mf_findings = parse_manifest(mf_bytes, path=pkg.location(mf_member))
+            result.findings += mf_findings
+        except FormatError as exc:
+            result.findings.append(exc.finding())
+    to_hash = [m for m in pkg.members if m.name in {e.name for e in entries}]
+    algorithms = {e.algorithm for e in entries}
+    digests = _hash_members(pkg, to_hash, algorithms) if to_hash else {}
+    result.bytes_hashed = sum(m.size for m in to_hash)
+    listed = set()
+    for e in entries:
+        listed.add(e.name)
+        got = digests.get(e.name, {}).get(e.algorithm)
+        if got is None:
+            result.findings.append(Finding("mf.file.missing", "error",
+                                            pkg.location(mf_member), None,
+                                            "line %d lists %s, which is not in the package"
+                                            % (e.line_no, e.name)))
+        elif got != e.hexdigest.lower():
+            result.findings.append(Finding("mf.digest.mismatch", "error",
+                                            location(pkg.path, e.name if pkg.form == "ova" else None),
+                                            None, "%s is %s, the manifest says %s"
+                                            % (e.algorithm.upper(), got, e.hexdigest.lower())))
+        else:
+            result.digests_checked += 1
+    if mf_member is not None:
+        for name in [desc_member.name, *referenced]:
+            if name not in listed and pkg.member(name) is not None:
+                result.findings.append(Finding("mf.file.unlisted", "error",
+                                                pkg.location(mf_member), None,
+                                                "%s is not listed" % name))
+    if cert_member is not None and mf_member is not None:
+        try:
+            cert = parse_certificate_file(pkg.read_small(cert_member),
+                                          path=pkg.location(cert_member))
+            result.findings += check_signature(
+                mf_bytes, cert, mf_name=mf_member.name, path=pkg.location(cert_member),
+                now=now or _dt.datetime.now(_dt.timezone.utc))
+        except FormatError as exc:
+            result.findings.append(exc.finding())
+
+    # Disks
+    by_file = {f.id: f.href for f in descriptor.files}
+    for disk in descriptor.disks:
+        href = by_file.get(disk.file_ref or "")
+        m = pkg.member(href) if href else None
+        if m is None:
+            continue
+        if disk.format_uri and _VMDK_FORMAT_HINT not in disk.format_uri.lower():
+            result.findings.append(Finding("disk.format", "info", pkg.location(m), None,
+                                            "format %s is not checked" % disk.format_uri))
+            continue
+        try:
+            reader = VmdkReader(m.path, name=pkg.path if pkg.form == "ova" else m.path,
+                                member=m.name if pkg.form == "ova" else None,
+                                base_offset=m.offset, size=m.size)
+        except (FormatError, UnsupportedError) as exc:
+            result.findings.append(exc.finding() if isinstance(exc, FormatError) else
+                                   Finding("disk.format", "info", pkg.location(m), None, str(exc)))
+            continue
+        with reader:
+            _verify_disk(result, reader, deep=deep, name=pkg.location(m), declared=disk)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _verify_disk(result: VerifyResult, reader: VmdkReader, *, deep: bool, name: str,
+                 declared: object) -> None:
+    report = reader.verify(deep=deep)
+    result.findings += report.findings
+    if report.content_id:
+        result.content_ids[name] = report.content_id
+    capacity = getattr(declared, "capacity_bytes", None)
+    if capacity is not None and capacity != reader.capacity_bytes:
+        result.findings.append(Finding("disk.capacity", "error", name, None,
+                                        "the descriptor says %d bytes, the VMDK holds %d"
+                                        % (capacity, reader.capacity_bytes)))
+    populated = getattr(declared, "populated_bytes", None)
+    if deep and populated is not None and report.ok and populated != report.populated_bytes:
+        result.findings.append(Finding("disk.populated", "warning", name, None,
+                                        "ovf:populatedSize says %d, the non-zero grains hold %d"
+                                        % (populated, report.populated_bytes)))
