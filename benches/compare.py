@@ -110,25 +110,42 @@ class Run:
     stdout: str
 
 
+# A forked child's peak RSS counts the parent's pages it shared before exec, so a child of
+# this (large) process would report at least our own RSS.  A minimal interpreter (-S -I,
+# ~10 MiB) forks and times the command instead and writes (wall, maxrss KiB, exit code).
+_LAUNCHER = """
+import os, sys, time
+result, cmd = sys.argv[1], sys.argv[2:]
+t0 = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execvp(cmd[0], cmd)
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - t0
+with open(result, "w") as f:
+    f.write("%r %d %d" % (wall, usage.ru_maxrss, os.waitstatus_to_exitcode(status)))
+"""
+
+
 def run_child(cmd: Sequence[str], *, env: dict[str, str] | None = None,
               cwd: str | os.PathLike[str] | None = None) -> Run:
-    """Run cmd, return its wall time and this child's own peak RSS (wait4 rusage)."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(list(cmd), stdout=out, stderr=err, env=env, cwd=cwd,
-                                stdin=subprocess.DEVNULL)
-        # wait4 on this pid: rusage of this child (and its waited-for descendants) only,
-        # not the maximum over every child this process ever had.
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    """Run cmd; return its wall time (fork to exit), its own peak RSS and its stdout."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".run") as result:
+        subprocess.run([sys.executable, "-S", "-I", "-c", _LAUNCHER, result.name, *cmd],
+                       stdout=out, stderr=err, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                       check=True)
+        wall_text, rss_kib, code = result.read().split()
         out.seek(0)
         err.seek(0)
         text = out.read().decode(errors="replace")
-        if proc.returncode != 0:
-            raise SystemExit("command failed (%d): %s\n%s%s" % (
-                proc.returncode, " ".join(cmd), text, err.read().decode(errors="replace")))
-    return Run(wall, usage.ru_maxrss * 1024, text)
+        if int(code) != 0:
+            raise SystemExit("command failed (%s): %s\n%s%s" % (
+                code, " ".join(cmd), text, err.read().decode(errors="replace")))
+    return Run(float(wall_text), int(rss_kib) * 1024, text)
 
 
 def ovfs_env() -> dict[str, str]:
@@ -465,7 +482,8 @@ TARGETS = {  # ratio name -> (target, higher is better), DESIGN.md "Performance 
 def print_report(doc: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
-    con = Console(stderr=False)
+    # wide enough for the tables even when stdout is a file or a pipe
+    con = Console(width=None if sys.stdout.isatty() else 132)
     m = doc["machine"]
     con.print("[bold]machine[/]: %s, %s CPUs (%s available), Python %s, isal %s, zlib %s, %s, "
               "commit %s%s; load %s -> %s" % (

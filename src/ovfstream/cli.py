@@ -116,12 +116,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert
     from .progress import progress_bars
     with progress_bars(enabled=not args.quiet) as bars:
-        report = None
-        if bars is not None:
-            label = os.path.basename(args.source)
-
-            def report(advance: int, total: int) -> None:
-                bars(label, advance, total)
+        label = os.path.basename(args.source)
+        report = None if bars is None else (lambda n, total: bars(label, n, total))
         result = convert(args.source, args.output, parallel=args.parallel, engine=args.engine,
                          level=args.level, adapter_type=args.adapter_type, progress=report)
     if args.json:
@@ -148,7 +144,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
 
 def _vm_from_args(args: argparse.Namespace, stem: str) -> Any:
     from .ovf.model import VirtualMachine
-    from .ovf.spec import load_spec, parse_nic, vm_from_mapping
+    from .ovf.spec import load_spec, vm_from_mapping
     vm = VirtualMachine(name=stem)
     if args.spec:
         vm = vm_from_mapping(load_spec(args.spec), base=vm)

@@ -10,7 +10,6 @@ A bare VMDK goes to one raw (or .zst) file.
 from __future__ import annotations
 
 import os
-import shutil
 from dataclasses import dataclass, field
 
 from .atomic import atomic_output

@@ -177,12 +177,8 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
         def encode_into(i: int) -> Callable[[MemberSink], DiskStats]:
             src = sources[i]
             slot = vm.slot_for(i)  # type: ignore[union-attr]
-            report = None
-            if progress is not None:
-                name = names[i]
-
-                def report(advance: int, total: int) -> None:
-                    progress(name, advance, total)  # type: ignore[misc]
+            name = names[i]
+            report = None if progress is None else (lambda n, total: progress(name, n, total))
             return lambda sink: write_stream_vmdk(
                 src, sink.write, file_name=names[i], engine=eng, workers=workers,
                 adapter_type=_adapter_for(slot.controller, slot.scsi_type), progress=report)

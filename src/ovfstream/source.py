@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import xxhash
 
 from .errors import UsageError
-from .vmdk.layout import GRAIN_BYTES, SECTOR, SPAN_BYTES, SPAN_GRAINS, capacity_sectors_for
+from .vmdk.layout import GRAIN_BYTES, SPAN_BYTES, SPAN_GRAINS, capacity_sectors_for
 
 __all__ = ["RawSource", "Extent"]
 

@@ -24,13 +24,13 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
-import xxhash
 
 from ..errors import Finding, FormatError, UnsupportedError, VmdkFormatError, location
+from .contentid import ContentId, fold_content_id, grain_digest
 from .layout import (
     FLAG_COMPRESSED,
     FLAG_MARKERS,
@@ -117,52 +117,9 @@ _MAX_FINDINGS = 100                     # per verify run: a broken file must not
 _TRAILING_CHECK_LIMIT = 64 << 20        # bytes after EOS we read to prove they are zero
 _ZERO_GRAIN = bytes(GRAIN_BYTES)
 _GD_MARKER_SLACK = 128                  # sectors a writer may round its GD up by
-_LBA_DIGEST = struct.Struct("<QQ")
-_U64 = struct.Struct("<Q")
 
 
-# ---------------------------------------------------------------------------------------------
-# Content id: shared with the writer, which folds per-span digests in LBA order.
-
-def grain_digest(grain: bytes | bytearray | memoryview) -> int:
-    """xxh3-64 of a grain's content, a partial last grain zero-padded to 64 KiB."""
-    n = len(grain)
-    if n == GRAIN_BYTES:
-        return xxhash.xxh3_64_intdigest(grain)
-    h = xxhash.xxh3_64()
-    h.update(grain)
-    h.update(_ZERO_GRAIN[: GRAIN_BYTES - n])
-    return h.intdigest()
-
-
-class ContentId:
-    """Incremental content id: xxh3-128 over capacity, then (LBA, xxh3-64) per non-zero grain.
-
-    Feed non-zero 64 KiB grains in strictly increasing LBA order; all-zero grains are left out,
-    so the id names the virtual disk whatever the compression or the writer.
-    """
-
-    def __init__(self, capacity_sectors: int) -> None:
-        self._h = xxhash.xxh3_128()
-        self._h.update(_U64.pack(capacity_sectors))
-
-    def add(self, lba: int, digest: int) -> None:
-        """Fold one non-zero grain: its LBA in sectors and its :func:`grain_digest`."""
-        self._h.update(_LBA_DIGEST.pack(lba, digest))
-
-    def digest(self) -> bytes:
-        return self._h.digest()
-
-    def hexdigest(self) -> str:
-        return self._h.hexdigest()
-
-
-def fold_content_id(capacity_sectors: int, grains: Iterable[tuple[int, int]]) -> bytes:
-    """The 16-byte content id from (lba, grain_digest) pairs of the non-zero grains, LBA order."""
-    cid = ContentId(capacity_sectors)
-    for lba, digest in grains:
-        cid.add(lba, digest)
-    return cid.digest()
+# Content id: in contentid.py, shared with the writer (re-exported here).
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,8 +12,6 @@ same code writes a file, an OVA member behind a digest, or a pipe.
 
 from __future__ import annotations
 
-import os
-import struct
 import threading
 import time
 from array import array
@@ -27,6 +25,7 @@ from ..errors import UnsupportedError, UsageError
 from ..pipeline import ordered_map
 from ..source import RawSource, SpanPlan
 from . import layout as L
+from .contentid import ContentId
 from .descriptor import render_descriptor
 
 try:
@@ -38,17 +37,9 @@ except ImportError:  # pragma: no cover - exercised by the parity tests through 
     from .. import grains_py as _codec
     NATIVE = False
 
-__all__ = ["StreamVmdkWriter", "DiskStats", "write_stream_vmdk", "content_id_start", "NATIVE"]
+__all__ = ["StreamVmdkWriter", "DiskStats", "write_stream_vmdk", "NATIVE"]
 
 Write = Callable[[bytes | bytearray | memoryview], object]
-
-
-def content_id_start(capacity_sectors: int) -> "xxhash.xxh3_128":
-    """The content id hasher: xxh3-128 over u64 capacity, then (u64 LBA, u64 xxh3-64) per
-    non-zero grain in LBA order.  It names the virtual disk, whatever the compression."""
-    hasher = xxhash.xxh3_128()
-    hasher.update(struct.pack("<Q", capacity_sectors))
-    return hasher
 
 
 class StreamVmdkWriter:
@@ -172,14 +163,14 @@ def write_stream_vmdk(source: RawSource, write: Write, *, file_name: str, engine
             compress, fingerprint)
         return plan, framed, gt_rel, prints, payload
 
-    hasher = content_id_start(source.capacity_sectors)
+    content_id = ContentId(source.capacity_sectors)
     grains = zero_grains = payload_total = 0
     writer.start()
     # Two spans in flight per worker keeps every core busy while the writer drains in order.
     for plan, framed, gt_rel, prints, payload in ordered_map(
             encode, source.spans(), workers=workers, window=2 * workers):
         writer.add_span(plan.index, framed, gt_rel)
-        hasher.update(prints)
+        content_id.add_packed(prints)
         n = len(prints) // 16
         grains += n
         zero_grains += plan.n_grains - n
@@ -192,5 +183,5 @@ def write_stream_vmdk(source: RawSource, write: Write, *, file_name: str, engine
         bytes_read=source.data_bytes, hole_bytes_skipped=source.size_bytes - source.data_bytes,
         bytes_written=writer.sector * L.SECTOR, grains_written=grains,
         zero_grains_skipped=zero_grains, payload_bytes=payload_total,
-        content_id=hasher.hexdigest(), disk_key=disk_key.hex(),
+        content_id=content_id.hexdigest(), disk_key=disk_key.hex(),
         seconds=time.perf_counter() - started, engine=engine.describe())
