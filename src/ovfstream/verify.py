@@ -135,7 +135,13 @@ def verify(path: str | os.PathLike[str], *, strict: bool = False, deep: bool = F
     text = os.fspath(path)
     result = VerifyResult(text)
     if text.lower().endswith(".vmdk"):
-        _verify_disk(result, VmdkReader(text), deep=deep, name=text, declared=None)
+        # Header errors are raised when the reader opens: they are findings here too, and
+        # the reader is closed either way.  UnsupportedError (not a stream VMDK) goes on.
+        try:
+            with VmdkReader(text) as reader:
+                _verify_disk(result, reader, deep=deep, name=text, declared=None)
+        except FormatError as exc:
+            result.findings.append(exc.finding())
         result.seconds = time.perf_counter() - started
         return result
     try:
