@@ -348,3 +348,20 @@ def test_fuzz_parse_only_certificate_format_error(data: bytes) -> None:
     # Whatever parses can be checked without an exception.
     for f in check_signature(mf, parsed, mf_name=parsed.mf_name, now=NOW):
         assert f.rule in RULES
+
+
+def test_out_of_range_x509_version_is_a_format_error() -> None:
+    # Found by the fuzzer: a version INTEGER of 10 made cryptography raise InvalidVersion,
+    # which is not a ValueError, straight through the parser.
+    import base64
+    text = (CORPUS / "tdAppliance1-t4-ovftool-4.1.0.cert").read_bytes()
+    head, _, rest = text.partition(b"-----BEGIN CERTIFICATE-----\n")
+    body, _, tail = rest.partition(b"-----END CERTIFICATE-----")
+    der = bytearray(base64.b64decode(body))
+    at = der.index(bytes.fromhex("a003020102"))  # [0] EXPLICIT INTEGER 2 (v3)
+    der[at + 4] = 10
+    pem = base64.encodebytes(bytes(der))
+    with pytest.raises(CertificateFormatError) as info:
+        parse_certificate_file(head + b"-----BEGIN CERTIFICATE-----\n" + pem +
+                               b"-----END CERTIFICATE-----" + tail)
+    assert info.value.rule == "cert.pem"

@@ -189,10 +189,11 @@ def _load_certificate(block: bytes, *, path: str | os.PathLike[str] | None,
         cert.not_valid_before_utc.isoformat()
         cert.not_valid_after_utc.isoformat()
         cert.public_key()
+        cert.version  # an out-of-range version raises InvalidVersion, not ValueError
     except UnsupportedAlgorithm as exc:
         raise CertificateFormatError("cert.algorithm", "certificate key or signature algorithm is "
                                      "not supported: %s" % exc, path=path, offset=offset) from None
-    except ValueError as exc:
+    except (ValueError, x509.InvalidVersion) as exc:
         raise CertificateFormatError("cert.pem", "certificate block does not decode: %s" % exc,
                                      path=path, offset=offset) from None
     return cert
