@@ -8,8 +8,15 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
+from hypothesis import settings
 
 from ovfs_testlib import DISKS, Layout, run, tool, write_disk
+
+# CI explores the same examples on every run (a green main stays green); developers'
+# runs explore new ones, and what they find becomes a regression test.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture
