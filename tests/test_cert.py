@@ -365,3 +365,20 @@ def test_out_of_range_x509_version_is_a_format_error() -> None:
         parse_certificate_file(head + b"-----BEGIN CERTIFICATE-----\n" + pem +
                                b"-----END CERTIFICATE-----" + tail)
     assert info.value.rule == "cert.pem"
+
+
+def test_unknown_asn1_string_tag_in_subject_is_a_format_error() -> None:
+    # Found by the fuzzer: a name attribute whose string tag is not a string type (0x10)
+    # made cryptography raise KeyError while rendering the subject.
+    import base64
+    text = (CORPUS / "tdAppliance1-t4-ovftool-4.1.0.cert").read_bytes()
+    head, _, rest = text.partition(b"-----BEGIN CERTIFICATE-----\n")
+    body, _, tail = rest.partition(b"-----END CERTIFICATE-----")
+    der = bytearray(base64.b64decode(body))
+    at = der.index(bytes.fromhex("0603550406130244"))  # countryName PrintableString "D..."
+    der[at + 5] = 0x10
+    pem = base64.encodebytes(bytes(der))
+    with pytest.raises(CertificateFormatError) as info:
+        parse_certificate_file(head + b"-----BEGIN CERTIFICATE-----\n" + pem +
+                               b"-----END CERTIFICATE-----" + tail)
+    assert info.value.rule == "cert.pem"

@@ -19,7 +19,7 @@ from ovfstream.extract import extract
 from ovfstream.pack import pack
 
 from ovfs_testlib import DISKS, write_disk
-from test_verify import (HOSTILE, HOSTILE_VMDK, XXE, Built, _build, first_grain, flip,
+from test_verify import (HOSTILE, HOSTILE_VMDK, LAUGHS, XXE, Built, _build, first_grain, flip,
                          hostile_descriptor_ova, hostile_ova, hostile_vmdk_ova, read_members,
                          replace, run_cli, write_tar)
 
@@ -169,10 +169,14 @@ def test_folder_form(tmp_path: Path) -> None:
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     pack([raw], pkg / "app.ovf", fsync=False)
+    # the folder holds other things too: they are not part of the package
+    (pkg / "a.raw").write_bytes(raw.read_bytes())
+    (pkg / "notes.txt").write_text("not referenced\n")
     for source, out in ((pkg / "app.ovf", tmp_path / "o1"), (pkg, tmp_path / "o2")):
         extract(source, out)
         assert listing(out) == ["app-disk1.raw", "app.mf", "app.ovf"]
         assert_same_disk(raw, out / "app-disk1.raw")
+        assert (out / "app.ovf").read_bytes() == (pkg / "app.ovf").read_bytes()
 
 
 # -- atomic outputs ---------------------------------------------------------------------------
@@ -257,11 +261,28 @@ def test_hostile_tar_member_writes_nothing(small: Built, tmp_path: Path,
     assert not Path("/tmp/ovfstream-absolute.txt").exists()
 
 
-def test_hostile_descriptor_writes_nothing(small: Built, tmp_path: Path) -> None:
-    path = hostile_descriptor_ova(tmp_path / "pkg", small, XXE)
+@pytest.mark.parametrize("descriptor", [XXE, LAUGHS], ids=["xxe", "billion-laughs"])
+def test_hostile_descriptor_writes_nothing(small: Built, tmp_path: Path, descriptor: bytes) -> None:
+    path = hostile_descriptor_ova(tmp_path / "pkg", small, descriptor)
     before = listing(tmp_path)
     with pytest.raises(OvfFormatError):
         extract(path, tmp_path / "pkg" / "out")
+    assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("keep", [100, 2000, 60000])
+def test_truncated_ova_writes_nothing(small: Built, tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str], keep: int) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    path = pkg / "cut.ova"
+    path.write_bytes(small.path.read_bytes()[:keep])     # in a header, the descriptor, the disk
+    before = listing(tmp_path)
+    with pytest.raises(TarFormatError) as info:
+        extract(path, pkg / "out")
+    assert info.value.rule == "ova.tar.truncated"
+    code, _o, err = run_cli(capsys, "extract", path, "-o", pkg / "out")
+    assert code == 1 and "[ova.tar.truncated]" in err
     assert listing(tmp_path) == before
 
 

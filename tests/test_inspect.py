@@ -167,7 +167,8 @@ def test_inspect_is_lax_about_member_order(small: Built, tmp_path: Path) -> None
     assert result.descriptor is not None
 
 
-def test_cli_usage_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_usage_and_bad_input(small: Built, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli(capsys, "inspect")[0] == 2
     assert run_cli(capsys, "inspect", tmp_path / "x.ova", "--deep")[0] == 2
     assert run_cli(capsys, "inspect", tmp_path / "missing.ova")[0] == 1
@@ -176,6 +177,10 @@ def test_cli_usage_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[s
     (tmp_path / "two" / "b.ovf").write_bytes(b"<x/>")
     code, _out, err = run_cli(capsys, "inspect", tmp_path / "two")
     assert code == 2 and "exactly one .ovf" in err
+    cut = tmp_path / "cut.ova"
+    cut.write_bytes(small.path.read_bytes()[:60000])
+    code, _out, err = run_cli(capsys, "inspect", cut)
+    assert code == 1 and "[ova.tar.truncated]" in err
     notxml = tmp_path / "n.ovf"
     notxml.write_bytes(b"\x00\x01 not xml")
     assert run_cli(capsys, "inspect", notxml)[0] == 1

@@ -452,11 +452,9 @@ def test_descriptor_not_first(small: Built, tmp_path: Path, capsys: pytest.Captu
 
 def test_manifest_and_cert_in_the_middle_vs_at_the_end(signed: Built, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
-    ovf, mf, cert, d1, d2 = (dict(signed.members) and
-                             [(n, signed.data(n)) for n in
-                              ("sig.ovf", "sig.mf", "sig.cert", _disk_name(signed, 1),
-                               _disk_name(signed, 2))])
-    assert signed.names == [ovf[0], mf[0], cert[0], d1[0], d2[0]]
+    ovf, mf, cert, d1, d2 = signed.members
+    assert [ovf[0], mf[0], cert[0], d1[0], d2[0]] == ["sig.ovf", "sig.mf", "sig.cert",
+                                                      _disk_name(signed, 1), _disk_name(signed, 2)]
     middle = write_tar(tmp_path / "middle.ova", [ovf, d1, mf, cert, d2])
     expect_verify(middle, {"ova.member.order"}, capsys)
     split = write_tar(tmp_path / "split.ova", [ovf, mf, d1, d2, cert])
@@ -494,6 +492,20 @@ def test_missing_manifest_is_a_warning(small: Built, tmp_path: Path) -> None:
     path = write_tar(tmp_path / "small.ova", [m for m in small.members if m[0] != "small.mf"])
     result = verify(path, now=NOW)
     assert result.ok and warnings(result) == {"mf.missing"} and result.digests_checked == 0
+
+
+def test_folder_form_never_leaves_its_folder(small: Built, tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A folder-form descriptor whose File href climbs out of the folder: the file beside
+    the folder is never opened; the reference is simply missing."""
+    (tmp_path / "outside.vmdk").write_bytes(small.data("small-disk1.vmdk"))
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    desc = small.data("small.ovf").replace(b'ovf:href="small-disk1.vmdk"', b'ovf:href="../outside.vmdk"')
+    (folder / "small.ovf").write_bytes(desc)
+    result = expect_verify(folder / "small.ovf", {"ovf.file.href", "ova.file.missing"}, capsys)
+    missing = [f for f in result.errors if f.rule == "ova.file.missing"]
+    assert "../outside.vmdk" in missing[0].message and not result.content_ids
 
 
 # -- hostile tar members ----------------------------------------------------------------------

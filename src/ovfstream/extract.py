@@ -72,7 +72,13 @@ def extract(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
     os.makedirs(out, exist_ok=True)
     disk_hrefs = {f.href for f in descriptor.files
                   if any(d.file_ref == f.id for d in descriptor.disks)}
+    # The folder form's folder may hold anything (the source raw images, other packages):
+    # take only the package's own files from it.  Every OVA member is extracted.
+    stem = os.path.splitext(pkg.descriptor.name)[0]
+    own = {pkg.descriptor.name, stem + ".mf", stem + ".cert", *(f.href for f in descriptor.files)}
     for m in pkg.members:
+        if pkg.form == "ovf" and m.name not in own:
+            continue
         check_member_name(m.name, path=pkg.path)  # the folder form lists files; re-check
         target = os.path.join(out, m.name)
         if m.name in disk_hrefs and format != "vmdk":
