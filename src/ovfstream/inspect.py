@@ -75,7 +75,11 @@ def inspect(path: str | os.PathLike[str]) -> InspectResult:
     stem = os.path.splitext(pkg.descriptor.name)[0]
     mf = pkg.member(stem + ".mf")
     cert = pkg.member(stem + ".cert")
+    members = pkg.members
+    if pkg.form == "ovf":  # a folder may hold other files: list the package's own
+        own = {pkg.descriptor.name, stem + ".mf", stem + ".cert", *(f.href for f in descriptor.files)}
+        members = [m for m in members if m.name in own]
     return InspectResult(pkg.path, pkg.form, descriptor,
-                         [(m.name, m.size) for m in pkg.members],
+                         [(m.name, m.size) for m in members],
                          manifest=mf.name if mf else None, certificate=cert.name if cert else None,
                          findings=pkg.findings + findings)
