@@ -74,3 +74,22 @@ def run(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([os.fspath(a) for a in args], capture_output=True, text=True)
 
 
+def make_signer(common_name: str = "ovfstream test") -> "Signer":
+    """A fresh RSA-2048 key and a self-signed certificate valid 2026-2036."""
+    import datetime
+
+    from ovfstream.pack import Signer
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(7).not_valid_before(start)
+            .not_valid_after(start + datetime.timedelta(days=3650)).sign(key, hashes.SHA256()))
+    return Signer(private_key_pem=key.private_bytes(serialization.Encoding.PEM,
+                                                    serialization.PrivateFormat.PKCS8,
+                                                    serialization.NoEncryption()),
+                  certificate_chain_pem=cert.public_bytes(serialization.Encoding.PEM))

@@ -350,35 +350,28 @@ def test_fuzz_parse_only_certificate_format_error(data: bytes) -> None:
         assert f.rule in RULES
 
 
-def test_out_of_range_x509_version_is_a_format_error() -> None:
+def _corpus_cert_with_der_patch(marker_hex: str, delta: int, value: int) -> bytes:
+    """The ovftool corpus .cert with one byte of its certificate's DER replaced."""
+    import base64
+    text = (CORPUS / "tdAppliance1-t4-ovftool-4.1.0.cert").read_bytes()
+    head, _, rest = text.partition(b"-----BEGIN CERTIFICATE-----\n")
+    body, _, tail = rest.partition(b"-----END CERTIFICATE-----")
+    der = bytearray(base64.b64decode(body))
+    der[der.index(bytes.fromhex(marker_hex)) + delta] = value
+    return (head + b"-----BEGIN CERTIFICATE-----\n" + base64.encodebytes(bytes(der)) +
+            b"-----END CERTIFICATE-----" + tail)
+
+
+@pytest.mark.parametrize("marker_hex,delta,value", [
     # Found by the fuzzer: a version INTEGER of 10 made cryptography raise InvalidVersion,
     # which is not a ValueError, straight through the parser.
-    import base64
-    text = (CORPUS / "tdAppliance1-t4-ovftool-4.1.0.cert").read_bytes()
-    head, _, rest = text.partition(b"-----BEGIN CERTIFICATE-----\n")
-    body, _, tail = rest.partition(b"-----END CERTIFICATE-----")
-    der = bytearray(base64.b64decode(body))
-    at = der.index(bytes.fromhex("a003020102"))  # [0] EXPLICIT INTEGER 2 (v3)
-    der[at + 4] = 10
-    pem = base64.encodebytes(bytes(der))
-    with pytest.raises(CertificateFormatError) as info:
-        parse_certificate_file(head + b"-----BEGIN CERTIFICATE-----\n" + pem +
-                               b"-----END CERTIFICATE-----" + tail)
-    assert info.value.rule == "cert.pem"
-
-
-def test_unknown_asn1_string_tag_in_subject_is_a_format_error() -> None:
+    ("a003020102", 4, 10),
     # Found by the fuzzer: a name attribute whose string tag is not a string type (0x10)
     # made cryptography raise KeyError while rendering the subject.
-    import base64
-    text = (CORPUS / "tdAppliance1-t4-ovftool-4.1.0.cert").read_bytes()
-    head, _, rest = text.partition(b"-----BEGIN CERTIFICATE-----\n")
-    body, _, tail = rest.partition(b"-----END CERTIFICATE-----")
-    der = bytearray(base64.b64decode(body))
-    at = der.index(bytes.fromhex("0603550406130244"))  # countryName PrintableString "D..."
-    der[at + 5] = 0x10
-    pem = base64.encodebytes(bytes(der))
+    ("0603550406130244", 5, 0x10),
+])
+def test_undecodable_certificate_fields_are_format_errors(marker_hex: str, delta: int,
+                                                         value: int) -> None:
     with pytest.raises(CertificateFormatError) as info:
-        parse_certificate_file(head + b"-----BEGIN CERTIFICATE-----\n" + pem +
-                               b"-----END CERTIFICATE-----" + tail)
+        parse_certificate_file(_corpus_cert_with_der_patch(marker_hex, delta, value))
     assert info.value.rule == "cert.pem"

@@ -21,7 +21,7 @@ from ovfstream.ovf import schema
 from ovfstream.ovf.model import DiskSlot, Nic, Product, Property, VirtualMachine
 from ovfstream.pack import Signer, pack
 
-from ovfs_testlib import run, tool
+from ovfs_testlib import make_signer, run, tool
 
 NS = {"ovf": "http://schemas.dmtf.org/ovf/envelope/1",
       "ovf2": "http://schemas.dmtf.org/ovf/envelope/2",
@@ -184,20 +184,10 @@ def test_digest_choice(make_disk, tmp_path, algorithm, length):
 
 def test_signed_package(make_disk, tmp_path):
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import padding, rsa
-    from cryptography.x509.oid import NameOID
-    import datetime
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ovfstream test")])
-    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1).not_valid_before(now)
-            .not_valid_after(now + datetime.timedelta(days=3650)).sign(key, hashes.SHA256()))
-    signer = Signer(private_key_pem=key.private_bytes(serialization.Encoding.PEM,
-                                                      serialization.PrivateFormat.PKCS8,
-                                                      serialization.NoEncryption()),
-                    certificate_chain_pem=cert.public_bytes(serialization.Encoding.PEM))
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+    signer = make_signer()
+    key_public = x509.load_pem_x509_certificate(signer.certificate_chain_pem).public_key()
     out = tmp_path / "s.ova"
     pack([make_disk("odd_size")], out, signer=signer, fsync=False)
     assert [m.name for m in _members(out)][:3] == ["s.ovf", "s.mf", "s.cert"]
@@ -205,7 +195,7 @@ def test_signed_package(make_disk, tmp_path):
     first = cert_file.splitlines()[0]
     assert first.startswith("SHA256(s.mf)= ")
     signature = bytes.fromhex(first.split("= ")[1])
-    key.public_key().verify(signature, mf, padding.PKCS1v15(), hashes.SHA256())  # raises if bad
+    key_public.verify(signature, mf, padding.PKCS1v15(), hashes.SHA256())  # raises if bad
     assert "-----BEGIN CERTIFICATE-----" in cert_file
 
 

@@ -34,7 +34,7 @@ from ovfstream.pack import Signer, pack
 from ovfstream.verify import RULES as VERIFY_RULES, VerifyResult, verify
 from ovfstream.vmdk.reader import RULES as VMDK_RULES
 
-from ovfs_testlib import DISKS, SHARED, write_disk
+from ovfs_testlib import DISKS, SHARED, make_signer, write_disk
 
 SCHEMAS = SHARED / "ovf-schemas"
 NOW = datetime.datetime(2026, 6, 1, tzinfo=datetime.timezone.utc)   # inside the test cert's validity
@@ -43,23 +43,6 @@ Members = list[tuple[str, bytes]]
 
 
 # -- builders ---------------------------------------------------------------------------------
-
-def make_signer() -> Signer:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-    from cryptography.x509.oid import NameOID
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ovfstream verify test")])
-    start = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(7).not_valid_before(start)
-            .not_valid_after(start + datetime.timedelta(days=3650)).sign(key, hashes.SHA256()))
-    return Signer(private_key_pem=key.private_bytes(serialization.Encoding.PEM,
-                                                    serialization.PrivateFormat.PKCS8,
-                                                    serialization.NoEncryption()),
-                  certificate_chain_pem=cert.public_bytes(serialization.Encoding.PEM))
-
 
 def read_members(path: Path) -> Members:
     """(name, bytes) of every member, in order, read by Python's tarfile (a real reader)."""

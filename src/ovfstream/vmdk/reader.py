@@ -888,16 +888,12 @@ def extract_raw(reader: VmdkReader, out_path: str | os.PathLike[str], *,
     """
     total = reader.capacity_bytes
     tmp = _partial_path(out_path)
-    grains = zero_grains = written = 0
+    walk = _DataGrains(reader)
+    written = 0
     try:
         with open(tmp, "wb") as out:
             cursor = 0          # bytes of the image accounted for (data written or hole)
-            for lba, grain in reader.iter_grains():
-                grains += 1
-                if _is_zero(grain):
-                    zero_grains += 1
-                    continue
-                start = lba * SECTOR
+            for start, grain in walk:
                 if not sparse and start > cursor:
                     _write_zeros(out, start - cursor)
                 out.seek(start)
@@ -913,8 +909,25 @@ def extract_raw(reader: VmdkReader, out_path: str | os.PathLike[str], *,
         _remove_quietly(tmp)
         raise
     holes = total - written
-    return ExtractResult(os.fspath(out_path), total, written if sparse else total, grains,
-                         zero_grains, holes)
+    return ExtractResult(os.fspath(out_path), total, written if sparse else total, walk.grains,
+                         walk.zero_grains, holes)
+
+
+class _DataGrains:
+    """The non-zero grains of a walk as (byte offset, bytes), counting what it passes over."""
+
+    def __init__(self, reader: VmdkReader) -> None:
+        self._reader = reader
+        self.grains = 0
+        self.zero_grains = 0
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        for lba, grain in self._reader.iter_grains():
+            self.grains += 1
+            if _is_zero(grain):
+                self.zero_grains += 1
+                continue
+            yield lba * SECTOR, grain
 
 
 def extract_zst(reader: VmdkReader, out_path: str | os.PathLike[str], *,
@@ -924,18 +937,14 @@ def extract_zst(reader: VmdkReader, out_path: str | os.PathLike[str], *,
 
     total = reader.capacity_bytes
     tmp = _partial_path(out_path)
-    grains = zero_grains = data = 0
+    walk = _DataGrains(reader)
+    data = 0
     try:
         with open(tmp, "wb") as raw_out:
             cctx = zstandard.ZstdCompressor(level=level)
             with cctx.stream_writer(raw_out, size=total, closefd=False) as out:
                 cursor = 0
-                for lba, grain in reader.iter_grains():
-                    grains += 1
-                    if _is_zero(grain):
-                        zero_grains += 1
-                        continue
-                    start = lba * SECTOR
+                for start, grain in walk:
                     _write_zeros(out, start - cursor)
                     out.write(grain)
                     data += len(grain)
@@ -945,7 +954,8 @@ def extract_zst(reader: VmdkReader, out_path: str | os.PathLike[str], *,
     except BaseException:
         _remove_quietly(tmp)
         raise
-    return ExtractResult(os.fspath(out_path), total, total, grains, zero_grains, total - data)
+    return ExtractResult(os.fspath(out_path), total, total, walk.grains, walk.zero_grains,
+                         total - data)
 
 
 def _write_zeros(out: "io.RawIOBase | BinaryIO | object", n: int) -> None:
