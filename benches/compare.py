@@ -231,15 +231,18 @@ def check_outputs(src: Path, vmdk: Path, ova: Path) -> dict[str, Any]:
     with tarfile.open(ova, "r:") as tar:
         members = tar.getmembers()
         names = [m.name for m in members]
-        mf_member = next(m for m in members if m.name.endswith(".mf"))
-        mf = tar.extractfile(mf_member).read().decode()  # type: ignore[union-attr]
-        disk = next(m for m in members if m.name.endswith(".vmdk"))
-        h = hashlib.sha256()
-        stream = tar.extractfile(disk)
-        while block := stream.read(8 * MIB):  # type: ignore[union-attr]
-            h.update(block)
-    want = "SHA256(%s)= %s" % (disk.name, h.hexdigest())
-    ok_ova = names[0].endswith(".ovf") and names[1].endswith(".mf") and want in mf.splitlines()
+        mf_member = next((m for m in members if m.name.endswith(".mf")), None)
+        disk = next((m for m in members if m.name.endswith(".vmdk")), None)
+        ok_ova = False
+        if mf_member is not None and disk is not None and len(names) >= 2:
+            mf = tar.extractfile(mf_member).read().decode()  # type: ignore[union-attr]
+            h = hashlib.sha256()
+            stream = tar.extractfile(disk)
+            while block := stream.read(8 * MIB):  # type: ignore[union-attr]
+                h.update(block)
+            want = "SHA256(%s)= %s" % (disk.name, h.hexdigest())
+            ok_ova = (names[0].endswith(".ovf") and names[1].endswith(".mf")
+                      and want in mf.splitlines())
     return {"qemu_img_compare": cmp.returncode == 0,
             "qemu_img_compare_output": (cmp.stdout + cmp.stderr).strip(),
             "qemu_img_check": chk.returncode == 0,

@@ -76,3 +76,47 @@ def test_bad_arguments_raise():
         native.encode_span(bytearray(b"x" * GRAIN), 0, 1, lambda b: b"", xxhash.xxh3_64_intdigest)
     with pytest.raises(OverflowError):
         native.relocate_gt((5).to_bytes(4, "little"), 2**32, 512)
+
+
+def _native_encoder(level: int):
+    encoder = get_engine("isal", level).span_encoder
+    if encoder is None:
+        pytest.fail("the GIL-free ISA-L span encoder did not pass its self-test here")
+    return encoder
+
+
+@settings(max_examples=25, deadline=None)
+@given(kinds=st.lists(st.integers(0, 3), min_size=0, max_size=12), seed=st.integers(0, 2**32),
+       level=st.integers(1, 3))
+def test_native_isal_span_encoder_parity(kinds, seed, level):
+    """The GIL-free encoder gives the callable path's bytes (isal_zlib.compress, xxh3_64)."""
+    span = _span(kinds, seed)
+    engine = get_engine("isal", level)
+    a = _native_encoder(level).encode_span(span, 128 * 512 * 3, len(kinds))
+    b = grains_py.encode_span(span, 128 * 512 * 3, len(kinds), engine.compress,
+                              xxhash.xxh3_64_intdigest)
+    assert bytes(a[0]) == bytes(b[0]) and a[1:] == b[1:]
+
+
+def test_native_encoder_rejects_bad_spans():
+    encoder = _native_encoder(1)
+    with pytest.raises(ValueError):
+        encoder.encode_span(bytearray(GRAIN), 0, 2)
+    with pytest.raises(ValueError):
+        encoder.compress_grain(bytes(100))
+
+
+def test_convert_identical_with_and_without_native_encoder(make_disk, tmp_path, monkeypatch):
+    from ovfstream import convert, engine as engine_mod
+    raw = make_disk("mixed")
+    outputs = []
+    for flag in ("1", "0"):
+        monkeypatch.setenv("OVFSTREAM_NATIVE_ENGINE", flag)
+        engine_mod._native_isal_encoder.cache_clear()
+        out = tmp_path / flag / "d.vmdk"
+        out.parent.mkdir()
+        result = convert(raw, out, parallel=2, fsync=False)
+        assert result.stats.engine["native_span_encoder"] is (flag == "1")
+        outputs.append(out.read_bytes())
+    engine_mod._native_isal_encoder.cache_clear()
+    assert outputs[0] == outputs[1]

@@ -12,7 +12,8 @@ Pure: buffers in, buffers and offsets out; no files, no module state.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
 DEF SECTOR = 512
@@ -143,3 +144,209 @@ def relocate_gt(const uint8_t[::1] gt_rel not None, uint64_t base_sector, Py_ssi
                                     % sector)
             table[i] = <uint32_t>sector
     return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------
+# The whole span without the GIL: ISA-L deflate and xxh3 called through C function pointers.
+#
+# The callable path above takes the GIL back after every grain to call the engine and the
+# fingerprint, and with several workers the threads queue on it.  The ``isal`` and
+# ``xxhash`` packages we depend on export their C entry points (isal_deflate_init,
+# isal_deflate, isal_adler32, XXH3_64bits); engine.py looks them up with ctypes in those
+# very modules and hands the addresses here, so the bytes come from the same ISA-L build as
+# isal_zlib.compress.  engine.py checks byte parity with isal_zlib.compress on sample
+# grains before it uses this path, and falls back to the callable path otherwise.
+#
+# Only the public head of struct isal_zstream is declared (ISA-L 2.x ABI, igzip_lib.h):
+# 64 bytes of fields, then the library's internal state, given generous room.
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    typedef struct ovfs_isal_zstream {
+        uint8_t *next_in; uint32_t avail_in; uint32_t total_in;
+        uint8_t *next_out; uint32_t avail_out; uint32_t total_out;
+        void *hufftables; uint32_t level; uint32_t level_buf_size; uint8_t *level_buf;
+        uint16_t end_of_stream; uint16_t flush; uint16_t gzip_flag; uint16_t hist_bits;
+        uint64_t internal_state[32768];  /* ISA-L 2.3x needs about 82 KiB */
+    } ovfs_isal_zstream;
+    typedef void (*ovfs_deflate_init_fn)(ovfs_isal_zstream *);
+    typedef int (*ovfs_deflate_fn)(ovfs_isal_zstream *);
+    typedef uint32_t (*ovfs_adler32_fn)(uint32_t, const unsigned char *, uint64_t);
+    typedef uint64_t (*ovfs_xxh3_fn)(const void *, size_t);
+    """
+    ctypedef struct ovfs_isal_zstream:
+        uint8_t *next_in
+        uint32_t avail_in
+        uint32_t total_in
+        uint8_t *next_out
+        uint32_t avail_out
+        uint32_t total_out
+        void *hufftables
+        uint32_t level
+        uint32_t level_buf_size
+        uint8_t *level_buf
+        uint16_t end_of_stream
+        uint16_t flush
+        uint16_t gzip_flag
+        uint16_t hist_bits
+    ctypedef void (*ovfs_deflate_init_fn)(ovfs_isal_zstream *) noexcept nogil
+    ctypedef int (*ovfs_deflate_fn)(ovfs_isal_zstream *) noexcept nogil
+    ctypedef uint32_t (*ovfs_adler32_fn)(uint32_t, const unsigned char *, uint64_t) noexcept nogil
+    ctypedef uint64_t (*ovfs_xxh3_fn)(const void *, size_t) noexcept nogil
+
+
+
+DEF IGZIP_ZLIB = 3
+DEF FULL_FLUSH = 2
+DEF HIST_BITS = 15
+# level_buf sizes python-isal uses for its default memory level (ISAL_DEF_LVLn_DEFAULT):
+# they bound how many tokens ISA-L buffers per block, so they shape the output bytes.
+_LEVEL_BUF_BYTES = {1: 4096 + 2 * 8192 + 4 * 65536,
+                    2: 4096 + 2 * 32768 + 4 * 65536,
+                    3: 4096 + 4 * 4096 + 2 * 32768 + 4 * 65536}
+
+
+cdef class IsalSpanEncoder:
+    """encode_span's twin that runs each span without the GIL (see the note above)."""
+
+    cdef ovfs_deflate_init_fn deflate_init
+    cdef ovfs_deflate_fn deflate
+    cdef ovfs_adler32_fn adler32
+    cdef ovfs_xxh3_fn xxh3
+    cdef uint32_t level
+    cdef uint32_t level_buf_bytes
+
+    def __init__(self, uintptr_t deflate_init, uintptr_t deflate, uintptr_t adler32,
+                 uintptr_t xxh3, int level):
+        if level not in _LEVEL_BUF_BYTES:
+            raise ValueError("ISA-L level %r: allowed 1..3" % level)
+        if not (deflate_init and deflate and adler32 and xxh3):
+            raise ValueError("a C entry point is missing")
+        self.deflate_init = <ovfs_deflate_init_fn>deflate_init
+        self.deflate = <ovfs_deflate_fn>deflate
+        self.adler32 = <ovfs_adler32_fn>adler32
+        self.xxh3 = <ovfs_xxh3_fn>xxh3
+        self.level = level
+        self.level_buf_bytes = _LEVEL_BUF_BYTES[level]
+
+    cdef int _compress(self, ovfs_isal_zstream *zst, uint8_t *level_buf, const uint8_t *grain,
+                       uint8_t *out, uint32_t room, uint32_t *n_out) noexcept nogil:
+        """One zlib stream for one 64 KiB grain, as isal_zlib.compress(grain, level) makes
+        it: 0 on success, else a negative code."""
+        cdef uint32_t adler, tail
+        self.deflate_init(zst)
+        zst.level = self.level
+        zst.level_buf = level_buf
+        zst.level_buf_size = self.level_buf_bytes
+        zst.hist_bits = HIST_BITS
+        zst.gzip_flag = IGZIP_ZLIB
+        zst.next_in = <uint8_t *>grain
+        zst.avail_in = GRAIN_BYTES
+        zst.flush = FULL_FLUSH
+        zst.end_of_stream = 1
+        zst.next_out = out
+        zst.avail_out = room
+        if self.deflate(zst) != 0:
+            return -1
+        if zst.avail_in != 0 or zst.avail_out == 0:
+            return -2
+        n_out[0] = room - zst.avail_out
+        if n_out[0] < 6:
+            return -3
+        # A finished zlib stream ends with the Adler-32 of its input, big-endian.
+        adler = self.adler32(1, grain, GRAIN_BYTES)
+        tail = ((<uint32_t>out[n_out[0] - 4] << 24) | (<uint32_t>out[n_out[0] - 3] << 16) |
+                (<uint32_t>out[n_out[0] - 2] << 8) | <uint32_t>out[n_out[0] - 1])
+        if tail != adler:
+            return -3
+        return 0
+
+    def compress_grain(self, const uint8_t[::1] grain not None):
+        """One grain through the native path (for the parity self-test)."""
+        if grain.shape[0] != GRAIN_BYTES:
+            raise ValueError("a grain is %d bytes" % GRAIN_BYTES)
+        cdef ovfs_isal_zstream *zst = <ovfs_isal_zstream *>malloc(sizeof(ovfs_isal_zstream))
+        cdef uint8_t *level_buf = <uint8_t *>malloc(self.level_buf_bytes)
+        out = bytearray(MAX_PAYLOAD)
+        cdef uint8_t *o = <uint8_t *>PyByteArray_AS_STRING(out)
+        cdef uint32_t n = 0
+        cdef int rc
+        if zst == NULL or level_buf == NULL:
+            free(zst)
+            free(level_buf)
+            raise MemoryError()
+        with nogil:
+            rc = self._compress(zst, level_buf, &grain[0], o, MAX_PAYLOAD, &n)
+        free(zst)
+        free(level_buf)
+        if rc != 0:
+            raise ValueError("ISA-L deflate failed (%d)" % rc)
+        return bytes(out[:n])
+
+    def fingerprint(self, const uint8_t[::1] grain not None):
+        cdef uint64_t h
+        with nogil:
+            h = self.xxh3(&grain[0], grain.shape[0])
+        return h
+
+    def encode_span(self, const uint8_t[::1] span not None, uint64_t first_lba,
+                    Py_ssize_t n_grains):
+        """Same contract and bytes as encode_span(span, first_lba, n_grains, isal-level,
+        xxh3_64); the GIL is released for the whole span."""
+        if n_grains < 0 or n_grains > SPAN_GRAINS or n_grains * GRAIN_BYTES > span.shape[0]:
+            raise ValueError("span holds %d bytes, fewer than %d grains (max %d)"
+                             % (span.shape[0], n_grains, SPAN_GRAINS))
+        cdef const uint8_t* base = &span[0] if span.shape[0] else NULL
+        cdef uint8_t zero_flags[512]
+        cdef Py_ssize_t i, n_data = 0
+        with nogil:
+            for i in range(n_grains):
+                zero_flags[i] = _all_zero(base + i * GRAIN_BYTES, GRAIN_BYTES)
+                n_data += not zero_flags[i]
+        framed = PyByteArray_FromStringAndSize(NULL, n_data * MAX_FRAMED)
+        gt_rel = bytearray(n_grains * 4)
+        prints = bytearray(n_data * 16)
+        cdef uint8_t* out = <uint8_t*>PyByteArray_AS_STRING(framed)
+        cdef uint32_t* gt = <uint32_t*>PyByteArray_AS_STRING(gt_rel)
+        cdef uint64_t* fp = <uint64_t*>PyByteArray_AS_STRING(prints)
+        cdef Py_ssize_t pos = 0, framed_len, payload_total = 0, k = 0, failed_at = -1
+        cdef uint64_t lba
+        cdef uint32_t n_payload = 0
+        cdef int rc = 0
+        cdef ovfs_isal_zstream *zst = NULL
+        cdef uint8_t *level_buf = NULL
+        if n_data:
+            zst = <ovfs_isal_zstream *>malloc(sizeof(ovfs_isal_zstream))
+            level_buf = <uint8_t *>malloc(self.level_buf_bytes)
+            if zst == NULL or level_buf == NULL:
+                free(zst)
+                free(level_buf)
+                raise MemoryError()
+        with nogil:
+            for i in range(n_grains):
+                if zero_flags[i]:
+                    continue
+                rc = self._compress(zst, level_buf, base + i * GRAIN_BYTES,
+                                    out + pos + MARKER_BYTES, MAX_PAYLOAD, &n_payload)
+                if rc != 0:
+                    failed_at = i
+                    break
+                lba = first_lba + <uint64_t>i * GRAIN_SECTORS
+                memcpy(out + pos, &lba, 8)
+                memcpy(out + pos + 8, &n_payload, 4)
+                framed_len = ((MARKER_BYTES + n_payload + SECTOR - 1) // SECTOR) * SECTOR
+                memset(out + pos + MARKER_BYTES + n_payload, 0,
+                       framed_len - MARKER_BYTES - n_payload)
+                gt[i] = <uint32_t>(pos // SECTOR + 1)
+                fp[2 * k] = lba
+                fp[2 * k + 1] = self.xxh3(base + i * GRAIN_BYTES, GRAIN_BYTES)
+                k += 1
+                pos += framed_len
+                payload_total += n_payload
+        free(zst)
+        free(level_buf)
+        if failed_at >= 0:
+            raise ValueError("ISA-L deflate failed (%d) on grain %d of the span" % (rc, failed_at))
+        PyByteArray_Resize(framed, pos)
+        return framed, bytes(gt_rel), bytes(prints), payload_total

@@ -8,10 +8,13 @@ same bytes on every x86 code path; level 3 does not (DESIGN.md, determinism).
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import os
+import random
 import zlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from .errors import UsageError
 
@@ -40,10 +43,13 @@ class Engine:
     version: str
     compress: Callable[[memoryview], bytes]
     reproducible: bool  # same bytes on every CPU code path of this engine build
+    # A native span encoder that runs whole spans without the GIL, or None (callable path).
+    span_encoder: Any = None
 
     def describe(self) -> dict[str, object]:
         return {"engine": self.name, "level": self.level, "version": self.version,
-                "reproducible_across_cpus": self.reproducible}
+                "reproducible_across_cpus": self.reproducible,
+                "native_span_encoder": self.span_encoder is not None}
 
 
 def get_engine(name: str = "isal", level: int | None = None) -> Engine:
@@ -59,8 +65,58 @@ def get_engine(name: str = "isal", level: int | None = None) -> Engine:
     if name == "isal":
         if _isal_zlib is None:
             raise UsageError("--engine isal: the isal package is not installed; use --engine zlib")
-        return Engine("isal", level, "isal %s (ISA-L)" % _isal.__version__,
-                      functools.partial(_isal_zlib.compress, level=level), level <= 2)  # levels 1-2: same bytes on every x86 code path
+        compress = functools.partial(_isal_zlib.compress, level=level)
+        return Engine("isal", level, "isal %s (ISA-L %s)" % (_isal.__version__, _isal_c_version()),
+                      compress, level <= 2, _native_isal_encoder(level))  # levels 1-2: same bytes on every x86 code path
     return Engine("zlib", level, "zlib %s" % zlib.ZLIB_RUNTIME_VERSION,
                   functools.partial(zlib.compress, level=level), True)
 
+
+
+def _isal_c_version() -> str:
+    try:
+        from isal import _isal
+        return str(_isal.ISAL_VERSION)
+    except ImportError:  # pragma: no cover - older isal packages
+        return "?"
+
+
+def _c_address(module_file: str, symbol: str) -> int:
+    """The address of a C function exported by an already imported extension module."""
+    lib = ctypes.CDLL(module_file)  # dlopen of a loaded library returns the same handle
+    return ctypes.cast(getattr(lib, symbol), ctypes.c_void_p).value or 0
+
+
+@functools.lru_cache(maxsize=None)
+def _native_isal_encoder(level: int) -> Any:
+    """The GIL-free span encoder for ISA-L ``level``, or None when it cannot be used.
+
+    It calls the isal and xxhash packages' own C entry points; before it is trusted it
+    must give exactly isal_zlib.compress's bytes on sample grains (text, random, sparse).
+    OVFSTREAM_NATIVE_ENGINE=0 turns it off.
+    """
+    if os.environ.get("OVFSTREAM_NATIVE_ENGINE", "1") == "0" or _isal_zlib is None:
+        return None
+    try:
+        from . import _grains
+        import xxhash
+        from xxhash import _xxhash
+        encoder = _grains.IsalSpanEncoder(
+            _c_address(_isal_zlib.__file__, "isal_deflate_init"),
+            _c_address(_isal_zlib.__file__, "isal_deflate"),
+            _c_address(_isal_zlib.__file__, "isal_adler32"),
+            _c_address(_xxhash.__file__, "XXH3_64bits"), level)
+    except (ImportError, AttributeError, OSError, ValueError):
+        return None
+    rng = random.Random(level)
+    samples = [rng.randbytes(65536), (b"ovfstream grain %d\n" * 4000)[:65536],
+               bytes(65535) + b"\x01", bytes(range(256)) * 256]
+    for grain in samples:
+        try:
+            same = (encoder.compress_grain(grain) == _isal_zlib.compress(grain, level=level)
+                    and encoder.fingerprint(grain) == xxhash.xxh3_64_intdigest(grain))
+        except ValueError:
+            return None
+        if not same:
+            return None
+    return encoder
