@@ -120,3 +120,15 @@ def test_convert_identical_with_and_without_native_encoder(make_disk, tmp_path, 
         outputs.append(out.read_bytes())
     engine_mod._native_isal_encoder.cache_clear()
     assert outputs[0] == outputs[1]
+
+
+def test_encode_span_into_reused_buffer_matches_fresh_one():
+    encoder = _native_encoder(1)
+    out = bytearray(native.SPAN_FRAMED_BYTES)
+    for seed in (1, 2):  # the second span overwrites the first's bytes in the same buffer
+        span = _span([1, 3, 0, 2, 3], seed)
+        n, gt_rel, prints, payload = encoder.encode_span_into(out, span, 0, 5)
+        fresh = encoder.encode_span(span, 0, 5)
+        assert bytes(out[:n]) == bytes(fresh[0]) and (gt_rel, prints, payload) == fresh[1:]
+    with pytest.raises(ValueError):
+        encoder.encode_span_into(bytearray(100), _span([1], 3), 0, 1)

@@ -27,6 +27,7 @@ DEF MAX_FRAMED = ((MARKER_BYTES + MAX_PAYLOAD + SECTOR - 1) // SECTOR) * SECTOR
 
 SPAN_GRAINS = 512
 MAX_FRAMED_BYTES = MAX_FRAMED
+SPAN_FRAMED_BYTES = SPAN_GRAINS * MAX_FRAMED  # the most one span can frame to
 
 
 cdef inline bint _all_zero(const uint8_t* p, size_t n) noexcept nogil:
@@ -294,6 +295,17 @@ cdef class IsalSpanEncoder:
                     Py_ssize_t n_grains):
         """Same contract and bytes as encode_span(span, first_lba, n_grains, isal-level,
         xxh3_64); the GIL is released for the whole span."""
+        framed = PyByteArray_FromStringAndSize(NULL, SPAN_GRAINS * MAX_FRAMED)
+        n_framed, gt_rel, prints, payload_total = self.encode_span_into(
+            framed, span, first_lba, n_grains)
+        PyByteArray_Resize(framed, n_framed)
+        return framed, gt_rel, prints, payload_total
+
+    def encode_span_into(self, bytearray out not None, const uint8_t[::1] span not None,
+                         uint64_t first_lba, Py_ssize_t n_grains):
+        """encode_span into a caller-owned buffer of at least SPAN_FRAMED_BYTES, so that
+        buffers are reused instead of faulted in afresh for every span.  Returns
+        (framed bytes used, gt_rel, prints, payload_bytes)."""
         if n_grains < 0 or n_grains > SPAN_GRAINS or n_grains * GRAIN_BYTES > span.shape[0]:
             raise ValueError("span holds %d bytes, fewer than %d grains (max %d)"
                              % (span.shape[0], n_grains, SPAN_GRAINS))
@@ -304,10 +316,11 @@ cdef class IsalSpanEncoder:
             for i in range(n_grains):
                 zero_flags[i] = _all_zero(base + i * GRAIN_BYTES, GRAIN_BYTES)
                 n_data += not zero_flags[i]
-        framed = PyByteArray_FromStringAndSize(NULL, n_data * MAX_FRAMED)
+        if len(out) < n_data * MAX_FRAMED:
+            raise ValueError("output buffer of %d bytes, %d needed" % (len(out), n_data * MAX_FRAMED))
         gt_rel = bytearray(n_grains * 4)
         prints = bytearray(n_data * 16)
-        cdef uint8_t* out = <uint8_t*>PyByteArray_AS_STRING(framed)
+        cdef uint8_t* dst = <uint8_t*>PyByteArray_AS_STRING(out)
         cdef uint32_t* gt = <uint32_t*>PyByteArray_AS_STRING(gt_rel)
         cdef uint64_t* fp = <uint64_t*>PyByteArray_AS_STRING(prints)
         cdef Py_ssize_t pos = 0, framed_len, payload_total = 0, k = 0, failed_at = -1
@@ -328,15 +341,15 @@ cdef class IsalSpanEncoder:
                 if zero_flags[i]:
                     continue
                 rc = self._compress(zst, level_buf, base + i * GRAIN_BYTES,
-                                    out + pos + MARKER_BYTES, MAX_PAYLOAD, &n_payload)
+                                    dst + pos + MARKER_BYTES, MAX_PAYLOAD, &n_payload)
                 if rc != 0:
                     failed_at = i
                     break
                 lba = first_lba + <uint64_t>i * GRAIN_SECTORS
-                memcpy(out + pos, &lba, 8)
-                memcpy(out + pos + 8, &n_payload, 4)
+                memcpy(dst + pos, &lba, 8)
+                memcpy(dst + pos + 8, &n_payload, 4)
                 framed_len = ((MARKER_BYTES + n_payload + SECTOR - 1) // SECTOR) * SECTOR
-                memset(out + pos + MARKER_BYTES + n_payload, 0,
+                memset(dst + pos + MARKER_BYTES + n_payload, 0,
                        framed_len - MARKER_BYTES - n_payload)
                 gt[i] = <uint32_t>(pos // SECTOR + 1)
                 fp[2 * k] = lba
@@ -348,5 +361,4 @@ cdef class IsalSpanEncoder:
         free(level_buf)
         if failed_at >= 0:
             raise ValueError("ISA-L deflate failed (%d) on grain %d of the span" % (rc, failed_at))
-        PyByteArray_Resize(framed, pos)
-        return framed, bytes(gt_rel), bytes(prints), payload_total
+        return pos, bytes(gt_rel), bytes(prints), payload_total

@@ -153,27 +153,38 @@ def write_stream_vmdk(source: RawSource, write: Write, *, file_name: str, engine
     compress = engine.compress
     fingerprint = xxhash.xxh3_64_intdigest
     native = engine.span_encoder
+    # Framed-output buffers go back to this pool once written: a reused buffer's pages are
+    # already mapped, a new 33 MB one costs thousands of page faults.
+    pool: list[bytearray] = []
+    pool_lock = threading.Lock()
 
-    def encode(plan: SpanPlan) -> tuple[SpanPlan, bytearray, bytes, bytes, int]:
+    def encode(plan: SpanPlan) -> tuple[SpanPlan, bytearray, int, bytes, bytes, int]:
         buf = getattr(local, "buf", None)
         if buf is None:
             buf = local.buf = bytearray(L.SPAN_BYTES)
         view = source.read_span(plan, buf)
         first_lba = plan.index * L.SPAN_GRAINS * L.GRAIN_SECTORS
         if native is not None:  # whole span without the GIL; same bytes (engine.py)
-            framed, gt_rel, prints, payload = native.encode_span(view, first_lba, plan.n_grains)
-        else:
-            framed, gt_rel, prints, payload = _codec.encode_span(
-                view, first_lba, plan.n_grains, compress, fingerprint)
-        return plan, framed, gt_rel, prints, payload
+            with pool_lock:
+                out = pool.pop() if pool else bytearray(_codec.SPAN_FRAMED_BYTES)
+            n, gt_rel, prints, payload = native.encode_span_into(out, view, first_lba,
+                                                                 plan.n_grains)
+            return plan, out, n, gt_rel, prints, payload
+        framed, gt_rel, prints, payload = _codec.encode_span(
+            view, first_lba, plan.n_grains, compress, fingerprint)
+        return plan, framed, len(framed), gt_rel, prints, payload
 
     content_id = ContentId(source.capacity_sectors)
     grains = zero_grains = payload_total = 0
     writer.start()
     # Two spans in flight per worker keeps every core busy while the writer drains in order.
-    for plan, framed, gt_rel, prints, payload in ordered_map(
+    for plan, framed, n_framed, gt_rel, prints, payload in ordered_map(
             encode, source.spans(), workers=workers, window=2 * workers):
-        writer.add_span(plan.index, framed, gt_rel)
+        with memoryview(framed) as used:
+            writer.add_span(plan.index, used[:n_framed], gt_rel)
+        if native is not None:
+            with pool_lock:
+                pool.append(framed)
         content_id.add_packed(prints)
         n = len(prints) // 16
         grains += n
