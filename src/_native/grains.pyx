@@ -301,7 +301,7 @@ cdef class IsalSpanEncoder:
         PyByteArray_Resize(framed, n_framed)
         return framed, gt_rel, prints, payload_total
 
-    def encode_span_into(self, bytearray out not None, const uint8_t[::1] span not None,
+    def encode_span_into(self, uint8_t[::1] out not None, const uint8_t[::1] span not None,
                          uint64_t first_lba, Py_ssize_t n_grains):
         """encode_span into a caller-owned buffer of at least SPAN_FRAMED_BYTES, so that
         buffers are reused instead of faulted in afresh for every span.  Returns
@@ -316,11 +316,12 @@ cdef class IsalSpanEncoder:
             for i in range(n_grains):
                 zero_flags[i] = _all_zero(base + i * GRAIN_BYTES, GRAIN_BYTES)
                 n_data += not zero_flags[i]
-        if len(out) < n_data * MAX_FRAMED:
-            raise ValueError("output buffer of %d bytes, %d needed" % (len(out), n_data * MAX_FRAMED))
+        if out.shape[0] < n_data * MAX_FRAMED:
+            raise ValueError("output buffer of %d bytes, %d needed"
+                             % (out.shape[0], n_data * MAX_FRAMED))
         gt_rel = bytearray(n_grains * 4)
         prints = bytearray(n_data * 16)
-        cdef uint8_t* dst = <uint8_t*>PyByteArray_AS_STRING(out)
+        cdef uint8_t* dst = &out[0]
         cdef uint32_t* gt = <uint32_t*>PyByteArray_AS_STRING(gt_rel)
         cdef uint64_t* fp = <uint64_t*>PyByteArray_AS_STRING(prints)
         cdef Py_ssize_t pos = 0, framed_len, payload_total = 0, k = 0, failed_at = -1

@@ -12,6 +12,7 @@ same code writes a file, an OVA member behind a digest, or a pipe.
 
 from __future__ import annotations
 
+import mmap
 import threading
 import time
 from array import array
@@ -138,6 +139,13 @@ class DiskStats:
         }
 
 
+def _release_tail(buffer: mmap.mmap, used: int) -> None:
+    """Give the kernel back the pages of ``buffer`` past the first ``used`` bytes."""
+    start = -(-used // mmap.PAGESIZE) * mmap.PAGESIZE
+    if start < len(buffer):
+        buffer.madvise(mmap.MADV_DONTNEED, start, len(buffer) - start)
+
+
 def write_stream_vmdk(source: RawSource, write: Write, *, file_name: str, engine: Engine,
                       workers: int, adapter_type: str = "lsilogic",
                       progress: Callable[[int, int], None] | None = None) -> DiskStats:
@@ -154,8 +162,10 @@ def write_stream_vmdk(source: RawSource, write: Write, *, file_name: str, engine
     fingerprint = xxhash.xxh3_64_intdigest
     native = engine.span_encoder
     # Framed-output buffers go back to this pool once written: a reused buffer's pages are
-    # already mapped, a new 33 MB one costs thousands of page faults.
-    pool: list[bytearray] = []
+    # already mapped, a new 33 MB one costs thousands of page faults.  They are anonymous
+    # maps so that the part past what a span used can be handed back to the kernel (RSS
+    # follows the data, not the 33 MB worst case).
+    pool: list[mmap.mmap] = []
     pool_lock = threading.Lock()
 
     def encode(plan: SpanPlan) -> tuple[SpanPlan, bytearray, int, bytes, bytes, int]:
@@ -166,7 +176,7 @@ def write_stream_vmdk(source: RawSource, write: Write, *, file_name: str, engine
         first_lba = plan.index * L.SPAN_GRAINS * L.GRAIN_SECTORS
         if native is not None:  # whole span without the GIL; same bytes (engine.py)
             with pool_lock:
-                out = pool.pop() if pool else bytearray(_codec.SPAN_FRAMED_BYTES)
+                out = pool.pop() if pool else mmap.mmap(-1, _codec.SPAN_FRAMED_BYTES)
             n, gt_rel, prints, payload = native.encode_span_into(out, view, first_lba,
                                                                  plan.n_grains)
             return plan, out, n, gt_rel, prints, payload
@@ -177,21 +187,27 @@ def write_stream_vmdk(source: RawSource, write: Write, *, file_name: str, engine
     content_id = ContentId(source.capacity_sectors)
     grains = zero_grains = payload_total = 0
     writer.start()
-    # Two spans in flight per worker keeps every core busy while the writer drains in order.
-    for plan, framed, n_framed, gt_rel, prints, payload in ordered_map(
-            encode, source.spans(), workers=workers, window=2 * workers):
-        with memoryview(framed) as used:
-            writer.add_span(plan.index, used[:n_framed], gt_rel)
-        if native is not None:
-            with pool_lock:
-                pool.append(framed)
-        content_id.add_packed(prints)
-        n = len(prints) // 16
-        grains += n
-        zero_grains += plan.n_grains - n
-        payload_total += payload
-        if progress is not None:
-            progress(sum(end - start for start, end in plan.extents), source.data_bytes)
+    # One span queued beyond the running ones keeps every core busy while the writer drains
+    # in order; each span in flight holds a framed buffer of up to 33 MB, so no more.
+    try:
+        for plan, framed, n_framed, gt_rel, prints, payload in ordered_map(
+                encode, source.spans(), workers=workers, window=workers + 1):
+            with memoryview(framed) as used:
+                writer.add_span(plan.index, used[:n_framed], gt_rel)
+            if isinstance(framed, mmap.mmap):
+                _release_tail(framed, n_framed)
+                with pool_lock:
+                    pool.append(framed)
+            content_id.add_packed(prints)
+            n = len(prints) // 16
+            grains += n
+            zero_grains += plan.n_grains - n
+            payload_total += payload
+            if progress is not None:
+                progress(sum(end - start for start, end in plan.extents), source.data_bytes)
+    finally:
+        for buffer in pool:
+            buffer.close()
     writer.finish()
     return DiskStats(
         capacity_bytes=source.capacity_sectors * L.SECTOR, size_bytes=source.size_bytes,
