@@ -40,6 +40,31 @@ cdef inline bint _all_zero(const uint8_t* p, size_t n) noexcept nogil:
     return memcmp(p, p + 8, n - 8) == 0
 
 
+cdef Py_ssize_t _scan_span(const uint8_t[::1] span, Py_ssize_t n_grains,
+                           uint8_t* zero_flags) except -1:
+    """Check the span's size, flag its all-zero grains (GIL released); the data grains."""
+    if n_grains < 0 or n_grains > SPAN_GRAINS or n_grains * GRAIN_BYTES > span.shape[0]:
+        raise ValueError("span holds %d bytes, fewer than %d grains (max %d)"
+                         % (span.shape[0], n_grains, SPAN_GRAINS))
+    cdef const uint8_t* base = &span[0] if span.shape[0] else NULL
+    cdef Py_ssize_t i, n_data = 0
+    with nogil:
+        for i in range(n_grains):
+            zero_flags[i] = _all_zero(base + i * GRAIN_BYTES, GRAIN_BYTES)
+            n_data += not zero_flags[i]
+    return n_data
+
+
+cdef inline Py_ssize_t _frame(uint8_t* dst, uint64_t lba, uint32_t n_payload) noexcept nogil:
+    """Around a payload already at dst + 12: the grain marker (u64 LBA, u32 compressed
+    length) before it and zeros to the sector end after it.  The framed length."""
+    cdef Py_ssize_t framed_len = ((MARKER_BYTES + n_payload + SECTOR - 1) // SECTOR) * SECTOR
+    memcpy(dst, &lba, 8)
+    memcpy(dst + 8, &n_payload, 4)
+    memset(dst + MARKER_BYTES + n_payload, 0, framed_len - MARKER_BYTES - n_payload)
+    return framed_len
+
+
 def zero_grain_map(const uint8_t[::1] span not None, Py_ssize_t n_grains):
     """bytes with 1 for each all-zero grain of ``span`` (reference twin in grains_py)."""
     if n_grains < 0 or n_grains * GRAIN_BYTES > span.shape[0]:
@@ -70,16 +95,9 @@ def encode_span(const uint8_t[::1] span not None, uint64_t first_lba, Py_ssize_t
       prints        bytes: (u64 LBA, u64 xxh3-64) little-endian per non-zero grain, LBA order
       payload_bytes sum of the compressed lengths
     """
-    if n_grains < 0 or n_grains > SPAN_GRAINS or n_grains * GRAIN_BYTES > span.shape[0]:
-        raise ValueError("span holds %d bytes, fewer than %d grains (max %d)"
-                         % (span.shape[0], n_grains, SPAN_GRAINS))
-    cdef const uint8_t* base = &span[0] if span.shape[0] else NULL
     cdef uint8_t zero_flags[512]
-    cdef Py_ssize_t i, n_data = 0
-    with nogil:
-        for i in range(n_grains):
-            zero_flags[i] = _all_zero(base + i * GRAIN_BYTES, GRAIN_BYTES)
-            n_data += not zero_flags[i]
+    cdef Py_ssize_t i, n_data = _scan_span(span, n_grains, zero_flags)
+    cdef const uint8_t* base = &span[0] if span.shape[0] else NULL
 
     framed = PyByteArray_FromStringAndSize(NULL, n_data * MAX_FRAMED)
     gt_rel = bytearray(n_grains * 4)
@@ -106,13 +124,9 @@ def encode_span(const uint8_t[::1] span not None, uint64_t first_lba, Py_ssize_t
         payload = PyBytes_AS_STRING(compressed)
         lba = first_lba + <uint64_t>i * GRAIN_SECTORS
         length = <uint32_t>n_payload
-        framed_len = ((MARKER_BYTES + n_payload + SECTOR - 1) // SECTOR) * SECTOR
         with nogil:
-            # grain marker: u64 LBA, u32 compressed length, then the payload at byte 12
-            memcpy(out + pos, &lba, 8)
-            memcpy(out + pos + 8, &length, 4)
             memcpy(out + pos + MARKER_BYTES, payload, n_payload)
-            memset(out + pos + MARKER_BYTES + n_payload, 0, framed_len - MARKER_BYTES - n_payload)
+            framed_len = _frame(out + pos, lba, length)
         gt[i] = <uint32_t>(pos // SECTOR + 1)
         fp[2 * k] = lba
         fp[2 * k + 1] = digest
@@ -306,16 +320,9 @@ cdef class IsalSpanEncoder:
         """encode_span into a caller-owned buffer of at least SPAN_FRAMED_BYTES, so that
         buffers are reused instead of faulted in afresh for every span.  Returns
         (framed bytes used, gt_rel, prints, payload_bytes)."""
-        if n_grains < 0 or n_grains > SPAN_GRAINS or n_grains * GRAIN_BYTES > span.shape[0]:
-            raise ValueError("span holds %d bytes, fewer than %d grains (max %d)"
-                             % (span.shape[0], n_grains, SPAN_GRAINS))
-        cdef const uint8_t* base = &span[0] if span.shape[0] else NULL
         cdef uint8_t zero_flags[512]
-        cdef Py_ssize_t i, n_data = 0
-        with nogil:
-            for i in range(n_grains):
-                zero_flags[i] = _all_zero(base + i * GRAIN_BYTES, GRAIN_BYTES)
-                n_data += not zero_flags[i]
+        cdef Py_ssize_t i, n_data = _scan_span(span, n_grains, zero_flags)
+        cdef const uint8_t* base = &span[0] if span.shape[0] else NULL
         if out.shape[0] < n_data * MAX_FRAMED:
             raise ValueError("output buffer of %d bytes, %d needed"
                              % (out.shape[0], n_data * MAX_FRAMED))
@@ -347,11 +354,7 @@ cdef class IsalSpanEncoder:
                     failed_at = i
                     break
                 lba = first_lba + <uint64_t>i * GRAIN_SECTORS
-                memcpy(dst + pos, &lba, 8)
-                memcpy(dst + pos + 8, &n_payload, 4)
-                framed_len = ((MARKER_BYTES + n_payload + SECTOR - 1) // SECTOR) * SECTOR
-                memset(dst + pos + MARKER_BYTES + n_payload, 0,
-                       framed_len - MARKER_BYTES - n_payload)
+                framed_len = _frame(dst + pos, lba, n_payload)
                 gt[i] = <uint32_t>(pos // SECTOR + 1)
                 fp[2 * k] = lba
                 fp[2 * k + 1] = self.xxh3(base + i * GRAIN_BYTES, GRAIN_BYTES)
