@@ -52,3 +52,14 @@ def test_pack_from_several_threads(make_disk, tmp_path, monkeypatch):
     assert not errors
     blobs = {(tmp_path / str(i) / "t.ova").read_bytes() for i in range(3)}
     assert len(blobs) == 1
+
+
+def test_readme_spec_example_loads(tmp_path):
+    from ovfstream.ovf.spec import load_spec, vm_from_mapping
+    readme = (ROOT / "README.md").read_text()
+    (tmp_path / "web.toml").write_text(re.search(r"```toml\n(.*?)```", readme, re.S).group(1))
+    (tmp_path / "EULA.txt").write_text("Be nice.\n")
+    vm = vm_from_mapping(load_spec(tmp_path / "web.toml"))
+    assert vm.name == "web" and vm.secure_boot and vm.hw_version == 19
+    assert [s.controller for s in vm.disk_slots] == ["nvme", "sata", "scsi"]
+    assert vm.eula == "Be nice.\n" and vm.product is not None and vm.product.properties
