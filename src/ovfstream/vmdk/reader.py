@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 
+from ..atomic import atomic_output
 from ..errors import Finding, FormatError, UnsupportedError, VmdkFormatError, location
 from .contentid import ContentId, fold_content_id, grain_digest
 from .layout import (
@@ -875,10 +876,6 @@ class VmdkReader:
 # Extraction
 
 
-def _partial_path(out_path: str | os.PathLike[str]) -> str:
-    return os.fspath(out_path) + ".partial"
-
-
 def extract_raw(reader: VmdkReader, out_path: str | os.PathLike[str], *,
                 sparse: bool = True) -> ExtractResult:
     """Write the virtual disk as a raw image of exactly capacity bytes.
@@ -887,27 +884,21 @@ def extract_raw(reader: VmdkReader, out_path: str | os.PathLike[str], *,
     written to OUT.partial and renamed to OUT only when complete.
     """
     total = reader.capacity_bytes
-    tmp = _partial_path(out_path)
     walk = _DataGrains(reader)
     written = 0
-    try:
-        with open(tmp, "wb") as out:
-            cursor = 0          # bytes of the image accounted for (data written or hole)
-            for start, grain in walk:
-                if not sparse and start > cursor:
-                    _write_zeros(out, start - cursor)
-                out.seek(start)
-                out.write(grain)
-                written += len(grain)
-                cursor = start + len(grain)
-            if not sparse and total > cursor:
-                out.seek(cursor)
-                _write_zeros(out, total - cursor)
-            out.truncate(total)
-        os.replace(tmp, out_path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+    with atomic_output(out_path, fsync=False) as out:
+        cursor = 0          # bytes of the image accounted for (data written or hole)
+        for start, grain in walk:
+            if not sparse and start > cursor:
+                _write_zeros(out, start - cursor)
+            out.seek(start)
+            out.write(grain)
+            written += len(grain)
+            cursor = start + len(grain)
+        if not sparse and total > cursor:
+            out.seek(cursor)
+            _write_zeros(out, total - cursor)
+        out.truncate(total)
     holes = total - written
     return ExtractResult(os.fspath(out_path), total, written if sparse else total, walk.grains,
                          walk.zero_grains, holes)
@@ -936,24 +927,18 @@ def extract_zst(reader: VmdkReader, out_path: str | os.PathLike[str], *,
     import zstandard
 
     total = reader.capacity_bytes
-    tmp = _partial_path(out_path)
     walk = _DataGrains(reader)
     data = 0
-    try:
-        with open(tmp, "wb") as raw_out:
-            cctx = zstandard.ZstdCompressor(level=level)
-            with cctx.stream_writer(raw_out, size=total, closefd=False) as out:
-                cursor = 0
-                for start, grain in walk:
-                    _write_zeros(out, start - cursor)
-                    out.write(grain)
-                    data += len(grain)
-                    cursor = start + len(grain)
-                _write_zeros(out, total - cursor)
-        os.replace(tmp, out_path)
-    except BaseException:
-        _remove_quietly(tmp)
-        raise
+    with atomic_output(out_path, fsync=False) as raw_out:
+        cctx = zstandard.ZstdCompressor(level=level)
+        with cctx.stream_writer(raw_out, size=total, closefd=False) as out:
+            cursor = 0
+            for start, grain in walk:
+                _write_zeros(out, start - cursor)
+                out.write(grain)
+                data += len(grain)
+                cursor = start + len(grain)
+            _write_zeros(out, total - cursor)
     return ExtractResult(os.fspath(out_path), total, total, walk.grains, walk.zero_grains,
                          total - data)
 
@@ -965,9 +950,3 @@ def _write_zeros(out: "io.RawIOBase | BinaryIO | object", n: int) -> None:
         out.write(zeros[:k])  # type: ignore[attr-defined]
         n -= k
 
-
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
