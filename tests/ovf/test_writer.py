@@ -70,7 +70,13 @@ def check_semantics(data: bytes, vm: VirtualMachine, disks: list[DiskEntry],
     ovf = NS_OVF1 if ovf_version == "1.0" else NS_OVF2
     ns = {"ovf": ovf, "rasd": NS_RASD, "vssd": NS_VSSD, "vmw": NS_VMW}
     assert root.tag == "{%s}Envelope" % ovf
-    assert root.prefix == "ovf"
+    # The dialect of ovftool/vCenter/VirtualBox: OVF elements unprefixed in the default
+    # namespace, OVF attributes ovf:-qualified (FORMATS 5.1).
+    assert root.nsmap[None] == ovf and root.nsmap["ovf"] == ovf
+    for el in root.iter(etree.Element):
+        if etree.QName(el).namespace == ovf:
+            assert el.prefix is None, el.tag
+    assert b" ovf:" in data and b"<ovf:" not in data and b"</ovf:" not in data
 
     def x(path: str, node: etree._Element = root) -> list:
         return node.xpath(path, namespaces=ns)
@@ -93,9 +99,9 @@ def check_semantics(data: bytes, vm: VirtualMachine, disks: list[DiskEntry],
         assert attr(el, "diskId") == d.disk_id and attr(el, "fileRef") == d.file_id
         assert attr(el, "format") == VMDK_STREAM_FORMAT
         assert attr(el, "populatedSize") == str(d.populated_bytes)
-        units = attr(el, "capacityAllocationUnits")
-        shift = 0 if units is None else int(units.removeprefix("byte * 2^"))
-        assert units is None or units == "byte * 2^%d" % shift and shift in (10, 20, 30)
+        units = attr(el, "capacityAllocationUnits")  # always written: Proxmox needs it
+        shift = 0 if units == "byte" else int(units.removeprefix("byte * 2^"))
+        assert units == "byte" or units == "byte * 2^%d" % shift and shift in (10, 20, 30)
         assert int(attr(el, "capacity")) << shift == d.capacity_bytes
         # The largest unit was chosen.
         bigger = [s for s in (10, 20, 30) if s > shift]
@@ -405,8 +411,8 @@ def test_capacity_units() -> None:
     assert capacity_with_units(10 << 30) == (10, "byte * 2^30")
     assert capacity_with_units(3 << 20) == (3, "byte * 2^20")
     assert capacity_with_units(5 << 10) == (5, "byte * 2^10")
-    assert capacity_with_units(1536) == (1536, None)
-    assert capacity_with_units(512) == (512, None)
+    assert capacity_with_units(1536) == (1536, "byte")
+    assert capacity_with_units(512) == (512, "byte")
     assert capacity_with_units(1 << 40) == (1 << 10, "byte * 2^30")
 
 

@@ -3,9 +3,15 @@
 Implements DMTF DSP0243 (OVF 1.x, and 2.x on request) as narrowed by FORMATS.md section 5 and
 5.1, the dialect every importer reads the same way:
 
-* OVF 1.0 envelope with the ``ovf:`` prefix by default; ``ovf_version="2.0"`` switches to the
-  ``envelope/2`` namespace with the same RASD ``Item``s (still valid in DSP8023 2.0.1; VMware
-  rejects the 2.0-only StorageItem/EthernetPortItem, so we never write them).
+* OVF 1.0 envelope by default; ``ovf_version="2.0"`` switches to the ``envelope/2`` namespace
+  with the same RASD ``Item``s (still valid in DSP8023 2.0.1; VMware rejects the 2.0-only
+  StorageItem/EthernetPortItem, so we never write them).
+* OVF elements in the default namespace (``<Envelope xmlns="…/envelope/1" xmlns:ovf="…">``,
+  ``<References>``), attributes ``ovf:``-qualified: the form ovftool, vCenter and VirtualBox
+  write, and the only one namespace-unaware readers (esxi-utils' OvfFile, scripts matching
+  tag names) understand (FORMATS 5.1).
+* Every ``Disk`` carries ``ovf:capacityAllocationUnits`` (``byte`` when no 2^N divides the
+  capacity): Proxmox drops the size of a disk without units.
 * Envelope order References, DiskSection, NetworkSection, VirtualSystem; inside the
   VirtualSystem the order ovftool writes (OperatingSystemSection, VirtualHardwareSection,
   ProductSection, AnnotationSection, EulaSection).
@@ -164,17 +170,17 @@ class _DiskRow:
     entry: DiskEntry
     size: str
     capacity: str
-    units: str | None
+    units: str
     populated: str
 
 
-def capacity_with_units(capacity_bytes: int) -> tuple[int, str | None]:
+def capacity_with_units(capacity_bytes: int) -> tuple[int, str]:
     """(ovf:capacity, ovf:capacityAllocationUnits) with the largest 2^N (N in 30, 20, 10)
-    dividing the size; (bytes, None) when none does -- the attribute's default is "byte"."""
+    dividing the size; (bytes, "byte") when none does."""
     for shift in (30, 20, 10):
         if capacity_bytes % (1 << shift) == 0:
             return capacity_bytes >> shift, "byte * 2^%d" % shift
-    return capacity_bytes, None
+    return capacity_bytes, "byte"
 
 
 def _row(entry: DiskEntry) -> _DiskRow:
@@ -185,10 +191,9 @@ def _row(entry: DiskEntry) -> _DiskRow:
 
 def _widest_row(entry: DiskEntry) -> _DiskRow:
     # For each unit the largest capacity it can express; keep the longest attribute text.
-    # The attribute costs ' ovf:capacityAllocationUnits=""' (31 bytes) plus its value.
-    candidates = [(str(_MAX_U64), None)] + [
+    candidates = [(str(_MAX_U64), "byte")] + [
         (str(_MAX_U64 >> shift), "byte * 2^%d" % shift) for shift in (10, 20, 30)]
-    best = max(candidates, key=lambda c: len(c[0]) + (0 if c[1] is None else 31 + len(c[1])))
+    best = max(candidates, key=lambda c: len(c[0]) + len(c[1]))
     top = str(_MAX_U64)
     return _DiskRow(entry, top, best[0], best[1], top)
 
@@ -258,20 +263,19 @@ class _Builder:
 
     # -- the document --------------------------------------------------------------------
     def build(self) -> etree._Element:
+        # Elements take the default namespace, attributes the ovf: prefix (same URI).
         root = etree.Element(self.o("Envelope"), nsmap={
-            "ovf": self.ns, "rasd": NS_RASD, "vssd": NS_VSSD, "vmw": NS_VMW})
+            None: self.ns, "ovf": self.ns, "rasd": NS_RASD, "vssd": NS_VSSD, "vmw": NS_VMW})
         refs = self.sub(root, "References")
         for row in self.rows:
             self.sub(refs, "File", href=row.entry.href, id=row.entry.file_id, size=row.size)
         if self.rows:
             disks = self.section(root, "DiskSection", "Virtual disk information")
             for row in self.rows:
-                attrs = {"capacity": row.capacity}
-                if row.units is not None:
-                    attrs["capacityAllocationUnits"] = row.units
-                attrs.update(diskId=row.entry.disk_id, fileRef=row.entry.file_id,
-                             format=VMDK_STREAM_FORMAT, populatedSize=row.populated)
-                self.sub(disks, "Disk", **attrs)
+                self.sub(disks, "Disk", capacity=row.capacity,
+                         capacityAllocationUnits=row.units, diskId=row.entry.disk_id,
+                         fileRef=row.entry.file_id, format=VMDK_STREAM_FORMAT,
+                         populatedSize=row.populated)
         networks = list(dict.fromkeys(nic.network for nic in self.vm.nics))
         if networks:
             section = self.section(root, "NetworkSection", "The list of logical networks")

@@ -108,7 +108,7 @@ class StreamVmdkWriter:
 class DiskStats:
     """What encoding one disk did; sizes in bytes."""
 
-    capacity_bytes: int
+    capacity_bytes: int       # the capacity in whole sectors
     size_bytes: int           # the raw image's exact size
     bytes_read: int           # data-extent bytes read (holes are never read)
     hole_bytes_skipped: int
@@ -120,10 +120,16 @@ class DiskStats:
     disk_key: str             # what CID/uuid/longContentID derive from
     seconds: float
     engine: dict[str, object] = field(default_factory=dict)
+    last_grain_written: bool = False  # the disk's last grain holds data
 
     @property
     def populated_bytes(self) -> int:
-        return self.grains_written * L.GRAIN_BYTES
+        """Bytes of the virtual disk that non-zero grains cover: a partial last grain counts
+        only up to the capacity (ovf:populatedSize may not exceed ovf:capacity)."""
+        full = self.grains_written * L.GRAIN_BYTES
+        if self.last_grain_written:
+            full -= -self.capacity_bytes % L.GRAIN_BYTES
+        return full
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -186,6 +192,8 @@ def write_stream_vmdk(source: RawSource, write: Write, *, file_name: str, engine
 
     content_id = ContentId(source.capacity_sectors)
     grains = zero_grains = payload_total = 0
+    last_lba = (source.n_grains - 1) * L.GRAIN_SECTORS
+    last_grain_written = False
     writer.start()
     # One span queued beyond the running ones keeps every core busy while the writer drains
     # in order; each span in flight holds a framed buffer of up to 33 MB, so no more.
@@ -200,6 +208,8 @@ def write_stream_vmdk(source: RawSource, write: Write, *, file_name: str, engine
                     pool.append(framed)
             content_id.add_packed(prints)
             n = len(prints) // 16
+            if n and int.from_bytes(prints[-16:-8], "little") == last_lba:
+                last_grain_written = True
             grains += n
             zero_grains += plan.n_grains - n
             payload_total += payload
@@ -215,4 +225,5 @@ def write_stream_vmdk(source: RawSource, write: Write, *, file_name: str, engine
         bytes_written=writer.sector * L.SECTOR, grains_written=grains,
         zero_grains_skipped=zero_grains, payload_bytes=payload_total,
         content_id=content_id.hexdigest(), disk_key=disk_key.hex(),
-        seconds=time.perf_counter() - started, engine=engine.describe())
+        seconds=time.perf_counter() - started, engine=engine.describe(),
+        last_grain_written=last_grain_written)
