@@ -13,6 +13,7 @@ import sys
 from typing import Any, Sequence
 
 from . import __version__
+from .display import printable, rich_text
 from .errors import FormatError, OvfstreamError, UnsupportedError, UsageError
 
 EXIT_OK, EXIT_CHECK, EXIT_USAGE = 0, 1, 2
@@ -112,6 +113,11 @@ def _emit_json(doc: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(doc, indent=2, sort_keys=False) + "\n")
 
 
+def _say(text: str) -> None:
+    """One human-readable line on stderr; package text in it is shown escaped (display.py)."""
+    print(printable(text), file=sys.stderr)
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert
     from .progress import progress_bars
@@ -124,10 +130,9 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         _emit_json(result.as_dict())
     elif not args.quiet:
         s = result.stats
-        print("%s -> %s: %d grains, %.1f MiB written, %.2f s, %.3f GB/s read"
-              % (args.source, args.output, s.grains_written, s.bytes_written / 2**20,
-                 s.seconds, s.bytes_read / s.seconds / 1e9 if s.seconds else 0.0),
-              file=sys.stderr)
+        _say("%s -> %s: %d grains, %.1f MiB written, %.2f s, %.3f GB/s read"
+             % (args.source, args.output, s.grains_written, s.bytes_written / 2**20,
+                s.seconds, s.bytes_read / s.seconds / 1e9 if s.seconds else 0.0))
     return EXIT_OK
 
 
@@ -138,7 +143,7 @@ def _cmd_extract(args: argparse.Namespace) -> int:
         _emit_json(result.as_dict())
     elif not args.quiet:
         for line in result.summary_lines():
-            print(line, file=sys.stderr)
+            _say(line)
     return EXIT_OK
 
 
@@ -185,11 +190,11 @@ def _cmd_pack(args: argparse.Namespace) -> int:
             _emit_json(doc)
     elif not args.quiet:
         for f in result.files:
-            print("%-40s %14d  %s" % (f.name, f.size, f.digest), file=sys.stderr)
+            _say("%-40s %14d  %s" % (f.name, f.size, f.digest))
         read = sum(d.stats.bytes_read for d in result.disks)
-        print("%s: %d disk(s), %.2f s, %.3f GB/s read" % (
+        _say("%s: %d disk(s), %.2f s, %.3f GB/s read" % (
             result.output, len(result.disks), result.seconds,
-            read / result.seconds / 1e9 if result.seconds else 0.0), file=sys.stderr)
+            read / result.seconds / 1e9 if result.seconds else 0.0))
     return EXIT_OK
 
 
@@ -201,12 +206,12 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     else:
         for f in result.findings:
             if f.severity == "error" or (not args.quiet and f.severity == "warning"):
-                print(str(f), file=sys.stderr)
+                _say(str(f))
         if not args.quiet:
-            print("%s: %s, %d error(s), %d warning(s), %d digest(s) checked, %.2f s" % (
+            _say("%s: %s, %d error(s), %d warning(s), %d digest(s) checked, %.2f s" % (
                 args.package, "OK" if result.ok else "FAILED", len(result.errors),
                 sum(f.severity == "warning" for f in result.findings),
-                result.digests_checked, result.seconds), file=sys.stderr)
+                result.digests_checked, result.seconds))
     return EXIT_OK if result.ok else EXIT_CHECK
 
 
@@ -221,13 +226,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     table = Table(show_header=False, box=None, pad_edge=False)
     table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
-    for label, value in result.rows():
-        table.add_row(label, value)
+    for label, value in result.rows():   # Text cells: package text is never parsed as markup
+        table.add_row(rich_text(label), rich_text(value))
     console = Console(highlight=False, soft_wrap=True)
     console.print(table)
     for f in result.findings:
         if f.severity != "info":
-            console.print("%s" % f, markup=False)
+            console.print(rich_text(f))
     return EXIT_OK
 
 
@@ -241,16 +246,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
     except UsageError as exc:
-        print("ovfstream: error: %s" % exc, file=sys.stderr)
+        _say("ovfstream: error: %s" % exc)
         return EXIT_USAGE
     except (FormatError, UnsupportedError) as exc:
-        print("ovfstream: %s" % exc, file=sys.stderr)
+        _say("ovfstream: %s" % exc)
         return EXIT_CHECK
     except OvfstreamError as exc:
-        print("ovfstream: %s" % exc, file=sys.stderr)
+        _say("ovfstream: %s" % exc)
         return EXIT_CHECK
     except OSError as exc:
-        print("ovfstream: %s" % exc, file=sys.stderr)
+        _say("ovfstream: %s" % exc)
         return EXIT_CHECK
     except KeyboardInterrupt:
         print("ovfstream: interrupted", file=sys.stderr)

@@ -19,14 +19,16 @@ def progress_bars(*, enabled: bool) -> Iterator[Report | None]:
     from rich.console import Console
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TimeRemainingColumn, TransferSpeedColumn)
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+    from .display import printable
+    # markup=False and printable(): a label (a file name) is shown literally, never styled
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
                   TransferSpeedColumn(), TimeRemainingColumn(),
                   console=Console(stderr=True)) as bar:
         tasks: dict[str, int] = {}
 
         def report(label: str, advance: int, total: int) -> None:
             if label not in tasks:
-                tasks[label] = bar.add_task(label, total=total)
+                tasks[label] = bar.add_task(printable(label), total=total)
             bar.update(tasks[label], advance=advance, total=total)
 
         yield report
