@@ -1,0 +1,1 @@
+"""Disk image inputs: detection by content (``detect``); the raw source is ``ovfstream.source``."""
