@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import platform
 import random
 import zlib
 
@@ -132,3 +134,53 @@ def test_encode_span_into_reused_buffer_matches_fresh_one():
         assert bytes(out[:n]) == bytes(fresh[0]) and (gt_rel, prints, payload) == fresh[1:]
     with pytest.raises(ValueError):
         encoder.encode_span_into(bytearray(100), _span([1], 3), 0, 1)
+
+
+def test_native_path_is_active_on_linux_x86_64():
+    # A dependency upgrade that hides the C entry points (or breaks byte parity) must fail
+    # here at once instead of silently making every pack slower.
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        pytest.skip("the native span encoder is required on Linux x86-64 only")
+    engine = get_engine("isal", 1)
+    assert engine.span_encoder is not None, engine.native_unavailable
+    assert engine.native_unavailable is None
+    assert engine.describe()["native_span_encoder"] is True
+
+
+def test_fallback_is_said_once_on_stderr_and_in_json(make_disk, tmp_path, monkeypatch, capsys):
+    from ovfstream import cli, engine as engine_mod
+    raw = make_disk("odd_size")
+    monkeypatch.setenv("OVFSTREAM_NATIVE_ENGINE", "0")
+    engine_mod._native_isal_encoder.cache_clear()
+    try:
+        assert cli.main(["convert", str(raw), "-o", str(tmp_path / "a.vmdk")]) == 0
+        err = capsys.readouterr().err
+        assert err.count("native span encoder is not used") == 1
+        assert "OVFSTREAM_NATIVE_ENGINE=0" in err
+        assert cli.main(["pack", str(raw), "-o", str(tmp_path / "b.ova"), "--json"]) == 0
+        captured = capsys.readouterr()
+        assert captured.err.count("native span encoder is not used") == 1
+        doc = json.loads(captured.out)
+        engine = doc["disks"][0]["engine"] if "disks" in doc else doc["engine"]
+        assert engine["native_span_encoder"] is False
+        assert engine["native_unavailable"] == "turned off by OVFSTREAM_NATIVE_ENGINE=0"
+        assert cli.main(["convert", str(raw), "-o", str(tmp_path / "c.vmdk"), "--quiet"]) == 0
+        assert "native" not in capsys.readouterr().err
+        # The zlib engine has no native span encoder by design: nothing to say.
+        assert cli.main(["convert", str(raw), "-o", str(tmp_path / "d.vmdk"), "--engine",
+                         "zlib", "--level", "1"]) == 0
+        assert "native" not in capsys.readouterr().err
+    finally:
+        engine_mod._native_isal_encoder.cache_clear()
+
+
+def test_big_endian_hosts_take_the_callable_path(monkeypatch):
+    from ovfstream import engine as engine_mod
+    monkeypatch.setattr(engine_mod.sys, "byteorder", "big")
+    engine_mod._native_isal_encoder.cache_clear()
+    try:
+        engine = get_engine("isal", 1)
+        assert engine.span_encoder is None and engine.native_unavailable == "big-endian host"
+    finally:
+        monkeypatch.undo()
+        engine_mod._native_isal_encoder.cache_clear()

@@ -18,7 +18,7 @@ def test_docs_rules_up_to_date():
 def test_every_rule_in_code_is_documented():
     used: set[str] = set()
     for path in (ROOT / "src" / "ovfstream").rglob("*.py"):
-        for rule in re.findall(r'(?:Finding|Error)\(\s*"((?:vmdk|ova|mf|cert|ovf|disk)\.[a-z0-9_.]+)"',
+        for rule in re.findall(r'(?:Finding|Error)\(\s*"((?:vmdk|ova|mf|cert|ovf|disk|source)\.[a-z0-9_.]+)"',
                                path.read_text()):
             used.add(rule)
     assert used, "the pattern found no rule ids: the test would pass vacuously"

@@ -7,10 +7,13 @@ The only module that prints or exits.  Exit codes: 0 success, 1 the input failed
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
-from typing import Any, Sequence
+import threading
+from typing import Any, Iterator, Sequence
 
 from . import __version__
 from .display import printable, rich_text
@@ -164,24 +167,31 @@ def _vm_from_args(args: argparse.Namespace, stem: str) -> Any:
 def _cmd_pack(args: argparse.Namespace) -> int:
     from .pack import Signer, pack
     from .progress import progress_bars
+    from .outputs import check_input_node, read_input_file
     if args.output == "-":
+        if sys.stdout is None:  # started with stdout closed
+            raise UsageError("-o -: stdout is closed; redirect it to a file or a pipe")
         stem, output = "appliance", sys.stdout.buffer
         if sys.stdout.isatty():
             raise UsageError("-o -: stdout is a terminal; redirect it to a file or a pipe")
     else:
         stem, output = os.path.splitext(os.path.basename(args.output))[0], args.output
+    if args.spec:
+        check_input_node(args.spec)  # a FIFO would hang the read
     vm = _vm_from_args(args, stem)
     signer = None
     if args.sign_key or args.sign_cert:
         if not (args.sign_key and args.sign_cert):
             raise UsageError("--sign-key and --sign-cert go together")
-        with open(args.sign_key, "rb") as k, open(args.sign_cert, "rb") as c:
-            signer = Signer(private_key_pem=k.read(), certificate_chain_pem=c.read(),
-                            digest=args.digest)
+        signer = Signer(private_key_pem=read_input_file(args.sign_key),
+                        certificate_chain_pem=read_input_file(args.sign_cert),
+                        digest=args.digest)
+    also_read = [p for p in (args.spec, args.sign_key, args.sign_cert) if p]
     with progress_bars(enabled=not args.quiet) as bars:
         result = pack(args.disks, output, vm=vm, ovf_version=args.ovf_version,
                       digest=args.digest, parallel=args.parallel, engine=args.engine,
-                      level=args.level, signer=signer, spool_dir=args.spool_dir, progress=bars)
+                      level=args.level, signer=signer, spool_dir=args.spool_dir, progress=bars,
+                      inputs=also_read)
     if args.json:
         doc = result.as_dict()
         if args.output == "-":  # stdout carries the OVA: the JSON goes to stderr
@@ -242,9 +252,13 @@ COMMANDS = {"convert": _cmd_convert, "extract": _cmd_extract, "pack": _cmd_pack,
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code (0 ok, 1 check failed, 2 usage)."""
+    from .outputs import Terminated
     try:
         args = build_parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        if getattr(args, "json", False) and sys.stdout is None:
+            raise UsageError("--json: stdout is closed")
+        with _terminate_on_signals():
+            return COMMANDS[args.command](args)
     except UsageError as exc:
         _say("ovfstream: error: %s" % exc)
         return EXIT_USAGE
@@ -257,9 +271,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         _say("ovfstream: %s" % exc)
         return EXIT_CHECK
+    except Terminated as exc:  # the outputs' temporaries are gone, as on Ctrl-C
+        print("ovfstream: terminated (%s)" % signal.Signals(exc.signum).name, file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
         print("ovfstream: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _terminate_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind like Ctrl-C (every temporary and spool file removed); a
+    second one during that cleanup is ignored.  Only from the main thread; a signal that
+    was ignored when we started (``nohup``) stays ignored."""
+    from .outputs import Terminated
+
+    def handler(signum: int, frame: object) -> None:
+        for name in ("SIGTERM", "SIGHUP"):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+        raise Terminated(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    wanted = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    old = {signum: signal.signal(signum, handler) for signum in wanted
+           if signal.getsignal(signum) is not signal.SIG_IGN}
+    try:
+        yield
+    finally:
+        for signum, previous in old.items():
+            signal.signal(signum, previous)
+
 
 
 def main_entry() -> None:

@@ -9,6 +9,7 @@ from typing import Callable
 from .atomic import atomic_output
 from .engine import get_engine
 from .errors import UsageError
+from .outputs import Inputs
 from .pipeline import check_workers
 from .source import RawSource
 from .vmdk.writer import DiskStats, write_stream_vmdk
@@ -34,7 +35,9 @@ def convert(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
             progress: Callable[[int, int], None] | None = None) -> ConvertResult:
     """Convert a raw image (file or block device) into a stream-optimized VMDK.
 
-    Writes ``output.partial`` and renames it on success; a failure leaves no ``output``.
+    Writes a fresh temporary beside ``output`` and renames it on success; a failure leaves
+    no ``output``.  ``output`` may not be the source (UsageError); ``/dev/null`` discards.
+    A source that changes while it is read fails (rule ``source.changed``).
     """
     workers = check_workers(parallel)
     eng = get_engine(engine, level)
@@ -43,10 +46,12 @@ def convert(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
         raise UsageError("convert -o -: a bare VMDK is written to a file; use pack -o - to stream")
     name = os.path.basename(out)
     with RawSource(source) as src:
-        if os.path.exists(out) and os.path.samefile(out, src.path):
-            raise UsageError("convert: the output %s is the source itself" % out)
+        read = Inputs()
+        read.add(src.path, src.file_stat)
+        read.check_output(out)
         with atomic_output(out, fsync=fsync) as f:
             stats = write_stream_vmdk(src, f.write, file_name=name, engine=eng,
                                       workers=workers, adapter_type=adapter_type,
                                       progress=progress)
+            src.check_unchanged()
     return ConvertResult(os.fspath(source), out, stats, workers)

@@ -12,6 +12,7 @@ import ctypes
 import functools
 import os
 import random
+import sys
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -45,11 +46,14 @@ class Engine:
     reproducible: bool  # same bytes on every CPU code path of this engine build
     # A native span encoder that runs whole spans without the GIL, or None (callable path).
     span_encoder: Any = None
+    # Why an engine that has a native span encoder runs without it (same bytes, slower).
+    native_unavailable: str | None = None
 
     def describe(self) -> dict[str, object]:
         return {"engine": self.name, "level": self.level, "version": self.version,
                 "reproducible_across_cpus": self.reproducible,
-                "native_span_encoder": self.span_encoder is not None}
+                "native_span_encoder": self.span_encoder is not None,
+                "native_unavailable": self.native_unavailable}
 
 
 def get_engine(name: str = "isal", level: int | None = None) -> Engine:
@@ -66,8 +70,10 @@ def get_engine(name: str = "isal", level: int | None = None) -> Engine:
         if _isal_zlib is None:
             raise UsageError("--engine isal: the isal package is not installed; use --engine zlib")
         compress = functools.partial(_isal_zlib.compress, level=level)
+        encoder, why_not = _native_isal_encoder(level)
         return Engine("isal", level, "isal %s (ISA-L %s)" % (_isal.__version__, _isal_c_version()),
-                      compress, level <= 2, _native_isal_encoder(level))  # levels 1-2: same bytes on every x86 code path
+                      compress, level <= 2,  # levels 1-2: same bytes on every x86 code path
+                      encoder, why_not)
     return Engine("zlib", level, "zlib %s" % zlib.ZLIB_RUNTIME_VERSION,
                   functools.partial(zlib.compress, level=level), True)
 
@@ -88,17 +94,24 @@ def _c_address(module_file: str, symbol: str) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _native_isal_encoder(level: int) -> Any:
-    """The GIL-free span encoder for ISA-L ``level``, or None when it cannot be used.
+def _native_isal_encoder(level: int) -> tuple[Any, str | None]:
+    """(the GIL-free span encoder for ISA-L ``level``, None), or (None, why it cannot be
+    used): the callable path then gives the same bytes, slower, and the CLI says why.
 
     It calls the isal and xxhash packages' own C entry points; before it is trusted it
     must give exactly isal_zlib.compress's bytes on sample grains (text, random, sparse).
     OVFSTREAM_NATIVE_ENGINE=0 turns it off.
     """
-    if os.environ.get("OVFSTREAM_NATIVE_ENGINE", "1") == "0" or _isal_zlib is None:
-        return None
+    if os.environ.get("OVFSTREAM_NATIVE_ENGINE", "1") == "0":
+        return None, "turned off by OVFSTREAM_NATIVE_ENGINE=0"
+    if sys.byteorder != "little":
+        # The framing writes the marker and grain-table words in host order.
+        return None, "big-endian host"
     try:
         from . import _grains
+    except ImportError as exc:
+        return None, "the compiled core (ovfstream._grains) is not built: %s" % exc
+    try:
         import xxhash
         from xxhash import _xxhash
         encoder = _grains.IsalSpanEncoder(
@@ -106,8 +119,9 @@ def _native_isal_encoder(level: int) -> Any:
             _c_address(_isal_zlib.__file__, "isal_deflate"),
             _c_address(_isal_zlib.__file__, "isal_adler32"),
             _c_address(_xxhash.__file__, "XXH3_64bits"), level)
-    except (ImportError, AttributeError, OSError, ValueError):
-        return None
+    except (ImportError, AttributeError, OSError, ValueError) as exc:
+        return None, ("the isal/xxhash packages do not export the C entry points it calls "
+                      "(%s: %s)" % (type(exc).__name__, exc))
     rng = random.Random(level)
     samples = [rng.randbytes(65536), (b"ovfstream grain %d\n" * 4000)[:65536],
                bytes(65535) + b"\x01", bytes(range(256)) * 256]
@@ -115,8 +129,9 @@ def _native_isal_encoder(level: int) -> Any:
         try:
             same = (encoder.compress_grain(grain) == _isal_zlib.compress(grain, level=level)
                     and encoder.fingerprint(grain) == xxhash.xxh3_64_intdigest(grain))
-        except ValueError:
-            return None
+        except ValueError as exc:
+            return None, "its start-up self-test failed (%s)" % exc
         if not same:
-            return None
-    return encoder
+            return None, ("its start-up self-test gave bytes other than isal_zlib.compress "
+                          "(isal %s, ISA-L %s)" % (_isal.__version__, _isal_c_version()))
+    return encoder, None

@@ -3,8 +3,9 @@
 A package goes into a folder: the descriptor, manifest and certificate as they are, and
 each disk as a sparse raw image (default), as the VMDK member itself, or as raw compressed
 with zstandard.  Names come from the package's own safe-checked members, so nothing is
-written outside the folder; every file is written as NAME.partial and renamed when whole.
-A bare VMDK goes to one raw (or .zst) file.
+written outside the folder; every file is written under a fresh temporary name and renamed
+when whole, and no output may be a file being read.  A bare VMDK goes to one raw (or .zst)
+file.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 from .atomic import atomic_output
 from .errors import UsageError
+from .outputs import Inputs
 from .ova.tar import check_member_name
 from .ovf.reader import parse_descriptor
 from .package import open_package
@@ -58,6 +60,9 @@ def extract(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
     if src.lower().endswith(".vmdk"):
         if format == "vmdk":
             raise UsageError("--format vmdk: the source already is a VMDK")
+        read = Inputs()
+        read.add(src)
+        read.check_output(out)  # extract x.vmdk -o x.vmdk (or a link to it)
         with VmdkReader(src) as reader:
             result = _disk(reader, out, format)
         summary.disks.append(result)
@@ -76,6 +81,11 @@ def extract(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
     # take only the package's own files from it.  Every OVA member is extracted.
     stem = os.path.splitext(pkg.descriptor.name)[0]
     own = {pkg.descriptor.name, stem + ".mf", stem + ".cert", *(f.href for f in descriptor.files)}
+    read = Inputs()  # an output may not be a file being read (the OVA, the folder's members)
+    read.add(pkg.path)
+    for m in pkg.members:
+        if pkg.form == "ova" or m.name in own:
+            read.add(m.path)
     for m in pkg.members:
         if pkg.form == "ovf" and m.name not in own:
             continue
@@ -84,11 +94,13 @@ def extract(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
         if m.name in disk_hrefs and format != "vmdk":
             stem = os.path.splitext(m.name)[0]
             target = os.path.join(out, stem + (".raw.zst" if format == "zst" else ".raw"))
+            read.check_output(target)
             with VmdkReader(m.path, name=pkg.path if pkg.form == "ova" else m.path,
                             member=m.name if pkg.form == "ova" else None,
                             base_offset=m.offset, size=m.size) as reader:
                 summary.disks.append(_disk(reader, target, format))
         else:
+            read.check_output(target)
             with pkg.open(m) as f, atomic_output(target, fsync=False) as dst:
                 _copy_exact(f, dst, m.size)
         summary.files.append((target, os.path.getsize(target)))

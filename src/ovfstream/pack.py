@@ -10,17 +10,20 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Sequence
 
-from .atomic import atomic_output
-from .cert import sign_manifest
+from .atomic import AtomicFiles, atomic_output, output_kind
+from .cert import load_signing_key
 from .engine import get_engine
 from .errors import UsageError
 from .manifest import DIGESTS, manifest_size, render_manifest
 from .ova.writer import FrontMembers, MemberSink, SeekableOvaWriter, StreamingOvaWriter
 from .ovf.model import DiskEntry, VirtualMachine
+from .outputs import Inputs
 from .ovf.writer import pad_to, render_descriptor, reserve_size
 from .pipeline import check_workers
 from .source import RawSource
@@ -102,6 +105,17 @@ def _output_form(output: PathLike | BinaryIO) -> tuple[str, str, str]:
     raise UsageError("-o %s: the output must end in .ova or .ovf, or be - for a stream" % path)
 
 
+_UNSAFE_MEMBER_CHARS = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def stream_stem(vm_name: str) -> str:
+    """The member stem of an OVA written to a stream: the VM name made a plain ASCII file
+    name (runs of other characters become ``_``; at most 80 bytes, so ``-diskN.vmdk`` still
+    fits ustar's 100-byte name), or ``appliance`` when nothing usable is left."""
+    stem = _UNSAFE_MEMBER_CHARS.sub("_", vm_name).strip("._")[:80].rstrip("._")
+    return stem or "appliance"
+
+
 def _default_mtime(sources: Sequence[RawSource]) -> int:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch is not None:
@@ -125,14 +139,20 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
          vm: VirtualMachine | None = None, ovf_version: str = "1.0", digest: str = "sha256",
          parallel: int | None = None, engine: str = "isal", level: int | None = None,
          mtime: int | None = None, signer: Signer | None = None, fsync: bool = True,
-         spool_dir: PathLike | None = None, progress: Progress | None = None) -> PackResult:
+         spool_dir: PathLike | None = None, progress: Progress | None = None,
+         inputs: Sequence[PathLike] = ()) -> PackResult:
     """Pack raw ``disks`` (boot disk first) into an OVA, an OVA stream or an OVF folder.
 
-    ``output``: ``NAME.ova`` (written as NAME.ova.partial, renamed on success),
-    ``DIR/NAME.ovf`` (the folder form: NAME.ovf, NAME.mf and the VMDKs side by side), or a
-    writable binary file object (the OVA streamed in order).  Member names derive from NAME
-    (``appliance`` for a stream).  The tar mtime is ``mtime``, else $SOURCE_DATE_EPOCH, else
-    the newest input's mtime: same inputs and settings, same bytes.
+    ``output``: ``NAME.ova`` (written under a fresh temporary name beside it, renamed on
+    success), ``DIR/NAME.ovf`` (the folder form: NAME.ovf, NAME.mf and the VMDKs side by side,
+    all renamed into place together at the end; a stale NAME.cert of an earlier signed pack is
+    removed), or a writable binary file object (the OVA streamed in order).  Member names
+    derive from NAME (``appliance`` for a stream).  The tar mtime is ``mtime``, else
+    $SOURCE_DATE_EPOCH, else the newest input's mtime: same inputs and settings, same bytes.
+
+    No output may be one of the disks or of ``inputs`` (other files this pack read: spec,
+    key, certificate): UsageError.  A disk that changes while it is read fails the pack
+    (SourceChangedError, rule ``source.changed``) and leaves no output.
     """
     started = time.perf_counter()
     if not disks:
@@ -146,6 +166,8 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
     form, shown, stem = _output_form(output)
     if vm is None:
         vm = VirtualMachine(name=stem)
+    elif form == "ova-stream":
+        stem = stream_stem(vm.name)  # a stream has no file name: members follow the VM
 
     with contextlib.ExitStack() as stack:
         sources = [stack.enter_context(RawSource(d)) for d in disks]
@@ -153,6 +175,8 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
             mtime = _default_mtime(sources)
         names = ["%s-disk%d.vmdk" % (stem, i + 1) for i in range(len(sources))]
         ovf_name, mf_name, cert_name = stem + ".ovf", stem + ".mf", stem + ".cert"
+        _check_outputs(form, output, shown, [ovf_name, mf_name, cert_name, *names],
+                       sources, inputs)
 
         def entries(stats: Sequence[DiskStats | None], sizes: Sequence[int]) -> list[DiskEntry]:
             return [DiskEntry(file_id="file%d" % (i + 1), href=names[i],
@@ -168,21 +192,28 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
         ovf_reserved = reserve_size(vm, placeholder, ovf_version=ovf_version)  # type: ignore[arg-type]
         mf_size = manifest_size([ovf_name, *names], digest)
         slots = [(ovf_name, ovf_reserved), (mf_name, mf_size)]
+        signing_key = None
         if signer is not None:
-            probe = sign_manifest(bytes(mf_size), private_key_pem=signer.private_key_pem,
-                                  certificate_chain_pem=signer.certificate_chain_pem,
-                                  digest=signer.digest, mf_name=mf_name,
-                                  password=signer.password)
-            slots.append((cert_name, len(probe)))
+            # Loaded once (a 16384-bit key takes ~20 s to validate); its size is known
+            # without signing, so only the final manifest is signed.
+            signing_key = load_signing_key(private_key_pem=signer.private_key_pem,
+                                           certificate_chain_pem=signer.certificate_chain_pem,
+                                           digest=signer.digest, password=signer.password)
+            slots.append((cert_name, signing_key.cert_size(mf_name)))
 
         def encode_into(i: int) -> Callable[[MemberSink], DiskStats]:
             src = sources[i]
             slot = vm.slot_for(i)  # type: ignore[union-attr]
             name = names[i]
             report = None if progress is None else (lambda n, total: progress(name, n, total))
-            return lambda sink: write_stream_vmdk(
-                src, sink.write, file_name=names[i], engine=eng, workers=workers,
-                adapter_type=_adapter_for(slot.controller, slot.scsi_type), progress=report)
+
+            def produce(sink: MemberSink) -> DiskStats:
+                disk_stats = write_stream_vmdk(
+                    src, sink.write, file_name=names[i], engine=eng, workers=workers,
+                    adapter_type=_adapter_for(slot.controller, slot.scsi_type), progress=report)
+                src.check_unchanged()  # before anything is renamed into place or streamed
+                return disk_stats
+            return produce
 
         def finish_front(stats: list[DiskStats], disk_files: list[tuple[int, str]]
                          ) -> list[tuple[str, bytes]]:
@@ -193,11 +224,8 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
             manifest = render_manifest([(ovf_name, digest, _digest_of(descriptor, digest))] +
                                        [(n, digest, d) for n, (_, d) in zip(names, disk_files)])
             front = [(ovf_name, descriptor), (mf_name, manifest)]
-            if signer is not None:
-                front.append((cert_name, sign_manifest(
-                    manifest, private_key_pem=signer.private_key_pem,
-                    certificate_chain_pem=signer.certificate_chain_pem, digest=signer.digest,
-                    mf_name=mf_name, password=signer.password)))
+            if signing_key is not None:
+                front.append((cert_name, signing_key.sign(manifest, mf_name=mf_name)))
             front_out[:] = front
             return front
 
@@ -228,26 +256,23 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
             finally:
                 streamer.close()
         else:
+            # Every file goes to a temporary first; they are renamed into place together at
+            # the end (disks, certificate, manifest, the descriptor last: its presence says
+            # the folder is complete), so a failure leaves the previous package as it was.
             folder = os.path.dirname(os.path.abspath(shown))
-            written: list[str] = []
-            try:
+            with AtomicFiles(fsync=fsync) as group:
                 def add_file(name: str, produce: Callable[[MemberSink], None]) -> tuple[int, str]:
-                    target = os.path.join(folder, name)
-                    with atomic_output(target, fsync=fsync) as f:
-                        sink = MemberSink(f.write, digest)
-                        produce(sink)
-                    written.append(target)
+                    f = group.open(os.path.join(folder, name))
+                    sink = MemberSink(f.write, digest)
+                    produce(sink)
+                    group.close(f)
                     return sink.size, sink.hexdigest()
                 run_disks(add_file)
                 front = finish_front(stats, disk_files)
-                # the descriptor last: its presence says the folder is complete
+                if signer is None:  # an earlier signed pack's certificate would not match
+                    group.remove_stale(os.path.join(folder, cert_name))
                 for name, data in reversed(front):
                     add_file(name, lambda sink, data=data: sink.write(data))
-            except BaseException:
-                for target in written:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(target)
-                raise
 
     files = [PackedFile(name, len(data), _digest_of(data, digest)) for name, data in front_out]
     files += [PackedFile(n, size, d) for n, (size, d) in zip(names, disk_files)]
@@ -257,6 +282,32 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
                                   for src, n, st in zip(disks, names, stats)),
                       workers=workers, mtime=mtime, seconds=time.perf_counter() - started,
                       engine=eng.describe())
+
+
+def _check_outputs(form: str, output: PathLike | BinaryIO, shown: str, folder_names: list[str],
+                   sources: Sequence[RawSource], inputs: Sequence[PathLike]) -> None:
+    """Before any work: no output is an input, and none would destroy a non-regular node."""
+    read = Inputs()
+    for src in sources:
+        read.add(src.path, src.file_stat)
+    for path in inputs:
+        read.add(path)
+    if form == "ova-stream":  # stdout redirected onto an input (>> disk.raw)
+        try:
+            st = os.fstat(output.fileno())  # type: ignore[union-attr]
+        except (AttributeError, OSError, ValueError):
+            return  # no descriptor (a BytesIO...): nothing on disk to protect
+        if stat.S_ISREG(st.st_mode):
+            read.check_output(shown, st)
+        return
+    if form == "ova":
+        targets = [shown]
+    else:
+        folder = os.path.dirname(os.path.abspath(shown))
+        targets = [os.path.join(folder, name) for name in folder_names]
+    for target in targets:
+        output_kind(target)
+        read.check_output(target)
 
 
 def _digest_of(data: bytes, algorithm: str) -> str:

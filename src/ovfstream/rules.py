@@ -6,7 +6,7 @@ keeps the two in step and checks that every rule id used in the code is listed.
 
 from __future__ import annotations
 
-from . import cert, manifest
+from . import cert, manifest, source
 from .verify import RULES as VERIFY_RULES  # the package attribute `verify` is the function
 from .ova import tar
 from .ovf import reader as ovf_reader
@@ -21,6 +21,7 @@ SECTIONS: tuple[tuple[str, dict[str, str]], ...] = (
     ("Manifest (manifest.py)", manifest.RULES),
     ("Certificate (cert.py)", cert.RULES),
     ("OVF descriptor (ovf/reader.py)", ovf_reader.RULES),
+    ("Raw disk sources read by pack and convert (source.py)", source.RULES),
 )
 
 ALL_RULES: dict[str, str] = {rule: text for _, rules in SECTIONS for rule, text in rules.items()}

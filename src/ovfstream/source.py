@@ -4,6 +4,10 @@ Regular files (sparse-aware: SEEK_DATA/SEEK_HOLE find the data extents, and a ho
 read), block devices (one extent over the whole device) and sizes that are not a multiple of
 64 KiB or of 512 (the tail is zero-padded to the sector, then to the grain).  Reads are
 ``os.preadv`` into a caller-owned buffer; nothing maps the whole disk.
+
+A source that changes while it is read is an error (``source.changed``), never a silent mix:
+an end of file inside the size taken at the open fails the read, and ``check_unchanged``
+compares size and mtime once every span is read.
 """
 
 from __future__ import annotations
@@ -16,10 +20,43 @@ from dataclasses import dataclass
 
 import xxhash
 
-from .errors import UsageError
+from .atomic import node_kind
+from .errors import FormatError, UsageError
 from .vmdk.layout import GRAIN_BYTES, SPAN_BYTES, SPAN_GRAINS, capacity_sectors_for
 
-__all__ = ["RawSource", "Extent"]
+__all__ = ["RawSource", "Extent", "SourceChangedError", "RULES"]
+
+RULES = {
+    "source.changed": "a disk image changed while it was read (shrank, grew, or was "
+                      "modified): the output would mix old and new data, so none is written",
+}
+
+
+class SourceChangedError(FormatError):
+    """A raw source changed under the reader (short read, size or mtime moved)."""
+
+
+def _open_disk(path: str) -> int:
+    """Open a raw image read-only; only a regular file or a block device.
+
+    The type is checked before the open (a FIFO would block the open itself, a terminal or
+    other character device would never end), and the open is non-blocking in case the
+    node is swapped between the two; then the descriptor is made blocking again.
+    """
+    st = os.stat(path)
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+        raise UsageError("%s: a %s, not a regular file or block device (a disk image is read "
+                         "by offset)" % (path, node_kind(st.st_mode)))
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise UsageError("%s: replaced by another file while being opened" % path)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 Extent = tuple[int, int]  # [start, end) in bytes
 _ZEROS = bytes(SPAN_BYTES)  # calloc'ed: copying from it touches no private pages
@@ -37,19 +74,17 @@ class RawSource:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
-        self._fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self._fd = _open_disk(self.path)
         try:
             st = os.fstat(self._fd)
             if stat.S_ISREG(st.st_mode):
                 self.size_bytes = st.st_size
-                self.mtime = int(st.st_mtime)
                 self.extents = self._data_extents(self.size_bytes)
-            elif stat.S_ISBLK(st.st_mode):
+            else:  # a block device (_open_disk let nothing else through)
                 self.size_bytes = os.lseek(self._fd, 0, os.SEEK_END)
-                self.mtime = int(st.st_mtime)
                 self.extents = [(0, self.size_bytes)] if self.size_bytes else []
-            else:
-                raise UsageError("%s: not a regular file or block device" % self.path)
+            self.mtime = int(st.st_mtime)
+            self.file_stat = st  # identity, and the stamp that check_unchanged compares
         except BaseException:
             os.close(self._fd)
             raise
@@ -61,6 +96,25 @@ class RawSource:
         self.n_grains = -(-self.size_bytes // GRAIN_BYTES)
         self.n_spans = -(-self.n_grains // SPAN_GRAINS)
         self.data_bytes = sum(end - start for start, end in self.extents)
+
+    def check_unchanged(self) -> None:
+        """SourceChangedError if the image's size or (for a file) mtime moved since the open.
+
+        Called once all spans are read: with the short-read check in read_span this catches
+        a source truncated, extended or rewritten while it was packed.
+        """
+        st = os.fstat(self._fd)
+        if stat.S_ISREG(st.st_mode):
+            size = st.st_size
+        else:
+            size = os.lseek(self._fd, 0, os.SEEK_END)
+        if size != self.size_bytes:
+            raise SourceChangedError("source.changed", "the size changed from %d to %d bytes "
+                                     "while it was read" % (self.size_bytes, size), path=self.path)
+        if stat.S_ISREG(st.st_mode) and st.st_mtime_ns != self.file_stat.st_mtime_ns:
+            raise SourceChangedError("source.changed", "modified while it was read (mtime "
+                                     "changed); its image would mix old and new data",
+                                     path=self.path)
 
     def _data_extents(self, size: int) -> list[Extent]:
         """Data ranges by SEEK_DATA/SEEK_HOLE; one whole-file extent where unsupported."""
@@ -105,10 +159,15 @@ class RawSource:
                 view[filled:start] = _ZEROS[:start - filled]
             pos = start
             while pos < end:
-                got = os.preadv(self._fd, [view[pos:end]], base + pos)
-                if got == 0:  # the file shrank under us: the rest reads as zeros
-                    view[pos:end] = _ZEROS[:end - pos]
-                    break
+                try:
+                    got = os.preadv(self._fd, [view[pos:end]], base + pos)
+                except OSError as exc:  # EIO...: name the file
+                    raise OSError(exc.errno, exc.strerror, self.path) from exc
+                if got == 0:  # end of file inside the size taken at the open
+                    raise SourceChangedError(
+                        "source.changed", "shrank while it was read: end of file at byte %d "
+                        "of %d" % (base + pos, self.size_bytes), path=self.path,
+                        offset=base + pos)
                 pos += got
             filled = end
         if filled < n_bytes:
