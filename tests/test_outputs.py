@@ -129,12 +129,30 @@ def test_output_through_a_link_to_dev_null_is_discarded(tmp_path, capsys, comman
     assert listing(tmp_path) == before
 
 
-def test_dev_null_itself_is_written_in_place(tmp_path, capsys):
-    # (Running as root, the old code turned /dev/null into a regular file: never run it there.)
+def test_dev_null_itself_is_written_in_place(tmp_path, capsys, monkeypatch):
+    # Run as root, the old code renamed a regular file over /dev/null.  A regression must
+    # not do that to the machine running the tests: renames into /dev fail here instead.
     raw = disk(tmp_path / "d.raw")
     dev = Path(os.devnull)
+    real_replace, real_rename = os.replace, os.rename
+
+    def guarded(real):  # type: ignore[no-untyped-def]
+        def call(src, dst, *args, **kw):  # type: ignore[no-untyped-def]
+            if os.path.dirname(os.path.abspath(dst)) == str(dev.parent):
+                raise AssertionError("rename onto %s" % dst)
+            return real(src, dst, *args, **kw)
+        return call
+    monkeypatch.setattr(os, "replace", guarded(real_replace))
+    monkeypatch.setattr(os, "rename", guarded(real_rename))
     before = {p.name for p in dev.parent.iterdir()}
-    code, err = main(capsys, "convert", raw, "-o", dev, "--quiet")
+    try:
+        code, err = main(capsys, "convert", raw, "-o", dev, "--quiet")
+    except AssertionError:
+        code, err = -1, "renamed onto /dev/null"
+    finally:
+        for p in dev.parent.iterdir():  # a regression's temporary: take it away again
+            if p.name not in before and p.is_file() and p.name.endswith(".partial"):
+                p.unlink()
     assert code == 0, err
     assert stat.S_ISCHR(os.lstat(dev).st_mode)
     assert {p.name for p in dev.parent.iterdir()} == before
