@@ -6,6 +6,7 @@ import binascii
 import datetime as dt
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,13 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from ovfstream import cert as cert_module
 from ovfstream.cert import (
+    MAX_CERTIFICATES,
     RULES,
     CertFile,
     check_signature,
+    load_signing_key,
     parse_certificate_file,
     sign_manifest,
 )
@@ -170,6 +174,85 @@ def test_sign_refusals(signer: tuple[rsa.RSAPrivateKey, x509.Certificate]) -> No
     with pytest.raises(UnsupportedError):
         sign_manifest(MF, private_key_pem=pem(ec_key), certificate_chain_pem=pem(make_cert("e", ec_key)),
                       mf_name="a.mf")
+
+
+@pytest.mark.parametrize("key_size", [1024, 1032, 2048])
+@pytest.mark.parametrize("mf_name", ["a.mf", "\u00e9t\u00e9 appliance.mf"])
+def test_cert_size_is_exact_without_signing(key_size: int, mf_name: str,
+                                            signer: tuple[rsa.RSAPrivateKey, x509.Certificate]
+                                            ) -> None:
+    key = signer[0] if key_size == 2048 else rsa.generate_private_key(65537, key_size)
+    chain = pem(make_cert("size", key), signer[1])
+    for digest in ("sha1", "sha256", "sha512"):
+        loaded = load_signing_key(private_key_pem=pem(key), certificate_chain_pem=chain,
+                                  digest=digest)
+        out = loaded.sign(MF, mf_name=mf_name)
+        assert loaded.cert_size(mf_name) == len(out)
+        assert out == sign_manifest(MF, private_key_pem=pem(key), certificate_chain_pem=chain,
+                                    mf_name=mf_name, digest=digest)
+
+
+def test_pack_loads_the_signing_key_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A 16384-bit key takes ~20 s to load and validate; pack loaded it twice (44 s).
+    from ovfs_testlib import make_signer
+    from ovfstream.pack import pack
+    from ovfstream.verify import verify
+
+    loads = []
+    real = cert_module.serialization.load_pem_private_key
+
+    def counting(data: bytes, password: bytes | None = None, **kw: object) -> object:
+        loads.append(1)
+        return real(data, password=password, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cert_module.serialization, "load_pem_private_key", counting)
+    raw = tmp_path / "d.raw"
+    raw.write_bytes(b"\x01" * 65536)
+    out = tmp_path / "s.ova"
+    pack([raw], out, signer=make_signer(), parallel=1, fsync=False)
+    assert len(loads) == 1
+    result = verify(out)
+    assert result.ok and "cert.signature" not in {f.rule for f in result.findings}
+
+
+# -- hostile certificate files (issue 8) ------------------------------------------------------
+
+BEGIN = b"-----BEGIN CERTIFICATE-----"
+END = b"-----END CERTIFICATE-----"
+
+
+@pytest.mark.parametrize("line,tail,rule", [
+    (BEGIN + b"\n", b"", "cert.format"),            # 160 KiB of BEGIN lines: 3.5 s before
+    (BEGIN + b"\r\n", b"", "cert.format"),
+    (BEGIN, b"", "cert.format"),                     # BEGIN without its line end
+    (BEGIN + b"\n", END + b"\n", "cert.pem"),        # one END at the very end
+    (BEGIN + b" " * 3 + b"\n", b"", "cert.format"),
+])
+def test_repeated_begin_lines_are_linear(line: bytes, tail: bytes, rule: str) -> None:
+    data = b"SHA256(a.mf)= 00\n" + line * ((160 << 10) // len(line)) + tail
+    start = time.perf_counter()
+    assert rule_of(data) == rule
+    assert time.perf_counter() - start < 1.0
+
+
+def test_too_many_certificates(signer: tuple[rsa.RSAPrivateKey, x509.Certificate]) -> None:
+    line = b"SHA256(a.mf)= 00\n"
+    block = pem(signer[1])
+    assert len(parse_certificate_file(line + block * MAX_CERTIFICATES).certificates) == MAX_CERTIFICATES
+    start = time.perf_counter()
+    assert rule_of(line + block * (MAX_CERTIFICATES + 1)) == "cert.format"
+    assert rule_of(line + block * ((1 << 20) // len(block) - 1)) == "cert.format"
+    assert time.perf_counter() - start < 2.0
+
+
+def test_chain_blocks_for_signing_are_found_like_before(
+        signer: tuple[rsa.RSAPrivateKey, x509.Certificate]) -> None:
+    # Text around blocks (openssl x509 -text output) and a stray BEGIN line are ignored when
+    # reading the signer's chain, as with the regex this replaced.
+    key, cert = signer
+    chain = b"subject=CN=x\n" + BEGIN + b"junk" + pem(cert) + b"trailer\n" + BEGIN + b"\n"
+    loaded = load_signing_key(private_key_pem=pem(key), certificate_chain_pem=chain)
+    assert loaded.certificates == (cert,)
 
 
 # -- the real ovftool 4.1.0 certificate ------------------------------------------------------
@@ -329,8 +412,12 @@ def mutated_cert(draw: st.DrawFn) -> bytes:
         elif kind == "cut":
             del data[pos:]
         elif kind == "insert":
-            data[pos:pos] = draw(st.sampled_from([b"\n", b" ", b"-----BEGIN CERTIFICATE-----\n",
-                                                  b"-----END CERTIFICATE-----", b"=", b"A", b"\xff"]))
+            data[pos:pos] = draw(st.sampled_from([
+                b"\n", b" ", b"-----BEGIN CERTIFICATE-----\n", b"-----END CERTIFICATE-----",
+                b"=", b"A", b"\xff",
+                # issue 8: runs of BEGIN lines (quadratic before), CRLF and bare markers
+                b"-----BEGIN CERTIFICATE-----\n" * 2000, b"-----BEGIN CERTIFICATE-----\r\n" * 500,
+                b"-----BEGIN CERTIFICATE-----" * 500, REAL[REAL.find(b"-----BEGIN"):] * 3]))
         else:
             del data[pos:pos + draw(st.integers(1, 64))]
     return bytes(data)
@@ -340,11 +427,14 @@ def mutated_cert(draw: st.DrawFn) -> bytes:
 @given(data=st.one_of(st.binary(max_size=300), mutated_cert()))
 def test_fuzz_parse_only_certificate_format_error(data: bytes) -> None:
     mf = (CORPUS / "tdAppliance1-t4-ovftool-4.1.0.mf").read_bytes()
+    start = time.perf_counter()
     try:
         parsed = parse_certificate_file(data, path="f.cert")
     except CertificateFormatError as exc:
         assert exc.rule in RULES
         return
+    finally:
+        assert time.perf_counter() - start < 1.0
     # Whatever parses can be checked without an exception.
     for f in check_signature(mf, parsed, mf_name=parsed.mf_name, now=NOW):
         assert f.rule in RULES

@@ -17,6 +17,7 @@ import binascii
 import datetime as _dt
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -30,6 +31,9 @@ __all__ = [
     "CertFile",
     "RULES",
     "MAX_CERT_BYTES",
+    "MAX_CERTIFICATES",
+    "SigningKey",
+    "load_signing_key",
     "sign_manifest",
     "parse_certificate_file",
     "check_signature",
@@ -41,9 +45,13 @@ _TOKENS = {"SHA1": "sha1", "SHA256": "sha256", "SHA512": "sha512"}
 
 # A signer certificate plus a few intermediates is a few KiB; ovftool pads to 100 KiB.
 MAX_CERT_BYTES = 1 << 20
+# A signer and its intermediates are a handful; more is not a chain anyone issued, and each
+# one costs a decode and a signature check.
+MAX_CERTIFICATES = 100
 
 RULES: dict[str, str] = {
-    "cert.format": "the .cert is not one 'ALGO(X.mf)= hex' line followed by PEM certificates (error)",
+    "cert.format": "the .cert is not one 'ALGO(X.mf)= hex' line followed by PEM certificates, "
+                   "or holds more than 100 certificates (error)",
     "cert.pem": "a PEM certificate block is missing or does not decode (error)",
     "cert.algorithm": ("the signature hash is not SHA1/SHA256/SHA512, or the signer key is not "
                        "RSA (error); a SHA1 signature (warning)"),
@@ -57,7 +65,8 @@ RULES: dict[str, str] = {
 }
 
 _LINE = re.compile(rb"\A[ \t]*([A-Za-z0-9_-]+)[ \t]*\((.+)\)[ \t]*=[ \t]*([0-9A-Za-z]+)[ \t]*\Z")
-_PEM = re.compile(rb"-----BEGIN CERTIFICATE-----\r?\n(.*?)-----END CERTIFICATE-----", re.S)
+_BEGIN = b"-----BEGIN CERTIFICATE-----"
+_END = b"-----END CERTIFICATE-----"
 _BASE64_LINE = re.compile(rb"\A[A-Za-z0-9+/=]*\Z")
 
 
@@ -78,18 +87,46 @@ def _token(algorithm: str) -> str:
     return algorithm.upper()
 
 
-def sign_manifest(mf_bytes: bytes, *, private_key_pem: bytes, certificate_chain_pem: bytes,
-                  mf_name: str, digest: str = "sha256", password: bytes | None = None) -> bytes:
-    """The .cert bytes: ``TOKEN(mf_name)= <hex signature>\\n`` then the chain in PEM.
+@dataclass(frozen=True)
+class SigningKey:
+    """A private key and its certificate chain, loaded and checked once.
 
-    The signature is RSA PKCS#1 v1.5 over the exact manifest bytes (deterministic, so the same
-    inputs give the same .cert).  The first certificate of the chain must hold the private
-    key's public key.  Raises UsageError for unreadable keys or certificates or a key that does
-    not match, UnsupportedError for a non-RSA key (ovftool and vCenter verify RSA only).
+    Loading validates the RSA key, which takes seconds for large keys (about 20 s for 16384
+    bits): ``pack`` loads once, asks :meth:`cert_size` for the space to reserve before any
+    digest is known, and signs at the end.
     """
-    token = _token(digest)
-    if not mf_name or re.search(r"[\x00-\x1f\x7f()]", mf_name):
-        raise UsageError("manifest name %r cannot appear in a .cert line" % mf_name)
+
+    key: rsa.RSAPrivateKey
+    certificates: tuple[x509.Certificate, ...]
+    digest: str = "sha256"
+
+    def _chain_pem(self) -> bytes:
+        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self.certificates)
+
+    def _line_prefix(self, mf_name: str) -> bytes:
+        if not mf_name or re.search(r"[\x00-\x1f\x7f()]", mf_name):
+            raise UsageError("manifest name %r cannot appear in a .cert line" % mf_name)
+        return b"%s(%s)= " % (_token(self.digest).encode("ascii"), mf_name.encode("utf-8"))
+
+    def cert_size(self, mf_name: str) -> int:
+        """Exact length of :meth:`sign`'s output: a PKCS#1 v1.5 signature is always as long
+        as the modulus, so nothing needs to be signed to know it."""
+        modulus_bytes = (self.key.key_size + 7) // 8
+        return len(self._line_prefix(mf_name)) + 2 * modulus_bytes + 1 + len(self._chain_pem())
+
+    def sign(self, mf_bytes: bytes, *, mf_name: str) -> bytes:
+        """The .cert bytes: ``TOKEN(mf_name)= <hex signature>\\n`` then the chain in PEM."""
+        prefix = self._line_prefix(mf_name)
+        signature = self.key.sign(mf_bytes, padding.PKCS1v15(), _HASHES[self.digest]())
+        return prefix + binascii.hexlify(signature) + b"\n" + self._chain_pem()
+
+
+def load_signing_key(*, private_key_pem: bytes, certificate_chain_pem: bytes,
+                     digest: str = "sha256", password: bytes | None = None) -> SigningKey:
+    """Load and check the key and chain once.  Raises UsageError for unreadable keys or
+    certificates or a key that does not match the chain's first certificate,
+    UnsupportedError for a non-RSA key (ovftool and vCenter verify RSA only)."""
+    _token(digest)
     try:
         key = serialization.load_pem_private_key(private_key_pem, password=password)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
@@ -100,14 +137,51 @@ def sign_manifest(mf_bytes: bytes, *, private_key_pem: bytes, certificate_chain_
     certificates = _load_chain_for_signing(certificate_chain_pem)
     if certificates[0].public_key().public_numbers() != key.public_key().public_numbers():
         raise UsageError("the first certificate of the chain does not match the private key")
-    signature = key.sign(mf_bytes, padding.PKCS1v15(), _HASHES[digest]())
-    line = b"%s(%s)= %s\n" % (token.encode("ascii"), mf_name.encode("utf-8"),
-                               binascii.hexlify(signature))
-    return line + b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certificates)
+    return SigningKey(key, tuple(certificates), digest)
+
+
+def sign_manifest(mf_bytes: bytes, *, private_key_pem: bytes, certificate_chain_pem: bytes,
+                  mf_name: str, digest: str = "sha256", password: bytes | None = None) -> bytes:
+    """The .cert bytes: ``TOKEN(mf_name)= <hex signature>\\n`` then the chain in PEM.
+
+    The signature is RSA PKCS#1 v1.5 over the exact manifest bytes (deterministic, so the same
+    inputs give the same .cert).  The first certificate of the chain must hold the private
+    key's public key.  Errors as :func:`load_signing_key`; to sign more than once, load once.
+    """
+    _token(digest)
+    if not mf_name or re.search(r"[\x00-\x1f\x7f()]", mf_name):
+        raise UsageError("manifest name %r cannot appear in a .cert line" % mf_name)
+    return load_signing_key(private_key_pem=private_key_pem,
+                            certificate_chain_pem=certificate_chain_pem, digest=digest,
+                            password=password).sign(mf_bytes, mf_name=mf_name)
+
+
+def _pem_blocks(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(start, end, body) of each ``BEGIN CERTIFICATE`` line + newline ... ``END CERTIFICATE``
+    block, in order.  Plain ``find`` calls, linear time: the lazy regex this replaces
+    rescanned to the end of the data from every BEGIN line that had no END."""
+    pos = 0
+    while True:
+        begin = data.find(_BEGIN, pos)
+        if begin < 0:
+            return
+        body = begin + len(_BEGIN)
+        if data.startswith(b"\n", body):
+            body += 1
+        elif data.startswith(b"\r\n", body):
+            body += 2
+        else:
+            pos = begin + 1  # not a block opening: left to the caller's "outside blocks" check
+            continue
+        end = data.find(_END, body)
+        if end < 0:
+            return  # no END after this BEGIN, so none after any later one either
+        yield begin, end + len(_END), data[body:end]
+        pos = end + len(_END)
 
 
 def _load_chain_for_signing(chain_pem: bytes) -> list[x509.Certificate]:
-    blocks = [m.group(0) for m in _PEM.finditer(chain_pem)]
+    blocks = [chain_pem[start:end] for start, end, _ in _pem_blocks(chain_pem)]
     if not blocks:
         raise UsageError("the certificate chain holds no PEM CERTIFICATE block")
     try:
@@ -158,16 +232,18 @@ def parse_certificate_file(data: bytes, *, path: str | os.PathLike[str] | None =
     rest = data[rest_start:]
     certificates: list[x509.Certificate] = []
     pos = 0
-    for m in _PEM.finditer(rest):
-        _only_whitespace(rest[pos:m.start()], path=path, offset=rest_start + pos)
-        body = m.group(1)
+    for start, end, body in _pem_blocks(rest):
+        _only_whitespace(rest[pos:start], path=path, offset=rest_start + pos)
+        if len(certificates) == MAX_CERTIFICATES:
+            raise CertificateFormatError("cert.format", "more than %d certificates"
+                                         % MAX_CERTIFICATES, path=path, offset=rest_start + start)
         for body_line in body.split(b"\n"):
             if not _BASE64_LINE.match(body_line.strip(b" \t\r")):
                 raise CertificateFormatError("cert.pem", "certificate block has non-base64 text",
-                                             path=path, offset=rest_start + m.start())
-        certificates.append(_load_certificate(m.group(0) + b"\n", path=path,
-                                              offset=rest_start + m.start()))
-        pos = m.end()
+                                             path=path, offset=rest_start + start)
+        certificates.append(_load_certificate(rest[start:end] + b"\n", path=path,
+                                              offset=rest_start + start))
+        pos = end
     _only_whitespace(rest[pos:], path=path, offset=rest_start + pos)
     if not certificates:
         raise CertificateFormatError("cert.pem", "no PEM certificate after the signature line",

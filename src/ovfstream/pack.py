@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Sequence
 
 from .atomic import AtomicFiles, atomic_output, output_kind
-from .cert import sign_manifest
+from .cert import load_signing_key
 from .engine import get_engine
 from .errors import UsageError
 from .manifest import DIGESTS, manifest_size, render_manifest
@@ -192,12 +192,14 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
         ovf_reserved = reserve_size(vm, placeholder, ovf_version=ovf_version)  # type: ignore[arg-type]
         mf_size = manifest_size([ovf_name, *names], digest)
         slots = [(ovf_name, ovf_reserved), (mf_name, mf_size)]
+        signing_key = None
         if signer is not None:
-            probe = sign_manifest(bytes(mf_size), private_key_pem=signer.private_key_pem,
-                                  certificate_chain_pem=signer.certificate_chain_pem,
-                                  digest=signer.digest, mf_name=mf_name,
-                                  password=signer.password)
-            slots.append((cert_name, len(probe)))
+            # Loaded once (a 16384-bit key takes ~20 s to validate); its size is known
+            # without signing, so only the final manifest is signed.
+            signing_key = load_signing_key(private_key_pem=signer.private_key_pem,
+                                           certificate_chain_pem=signer.certificate_chain_pem,
+                                           digest=signer.digest, password=signer.password)
+            slots.append((cert_name, signing_key.cert_size(mf_name)))
 
         def encode_into(i: int) -> Callable[[MemberSink], DiskStats]:
             src = sources[i]
@@ -222,11 +224,8 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
             manifest = render_manifest([(ovf_name, digest, _digest_of(descriptor, digest))] +
                                        [(n, digest, d) for n, (_, d) in zip(names, disk_files)])
             front = [(ovf_name, descriptor), (mf_name, manifest)]
-            if signer is not None:
-                front.append((cert_name, sign_manifest(
-                    manifest, private_key_pem=signer.private_key_pem,
-                    certificate_chain_pem=signer.certificate_chain_pem, digest=signer.digest,
-                    mf_name=mf_name, password=signer.password)))
+            if signing_key is not None:
+                front.append((cert_name, signing_key.sign(manifest, mf_name=mf_name)))
             front_out[:] = front
             return front
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,71 @@ def test_parse_nic_and_slot() -> None:
     assert parse_slot("scsi:pvscsi") == DiskSlot(scsi_type="pvscsi")
     with pytest.raises(UsageError, match="^disk_slots: 'scsi:'"):
         parse_slot("scsi:")
+
+
+# -- hostile spec files (issue 8) ------------------------------------------------------------
+
+DEPTH = 100_000
+
+
+@pytest.mark.parametrize("name,text", [
+    ("list.json", "[" * DEPTH + "]" * DEPTH),
+    ("value.json", '{"name": ' + "[" * DEPTH + "]" * DEPTH + "}"),
+    ("flow.yaml", "name: " + "[" * DEPTH + "]" * DEPTH),
+    ("map.yaml", "name: " + "{a: " * 20_000 + "1" + "}" * 20_000),
+    ("array.toml", "name = " + "[" * DEPTH + "]" * DEPTH),
+    ("table.toml", "name = " + "{a=" * 20_000 + "1" + "}" * 20_000),
+])
+def test_deep_nesting_is_a_usage_error_naming_the_file(tmp_path: Path, name: str,
+                                                       text: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(UsageError) as info:
+        load_spec(path)  # RecursionError before
+    assert str(path) in str(info.value) and "nested too deeply" in str(info.value)
+
+
+def test_nesting_below_the_limit_is_reported_briefly(tmp_path: Path) -> None:
+    path = tmp_path / "deep.json"
+    path.write_text('{"name": ' + "[" * 500 + "]" * 500 + "}")
+    with pytest.raises(UsageError) as info:
+        vm_from_mapping(load_spec(path))
+    assert str(info.value).startswith("name: [[[") and len(str(info.value)) < 300
+
+
+def test_yaml_alias_bomb_is_quoted_briefly(tmp_path: Path) -> None:
+    # Nine levels of ten aliases: 10^9 strings if walked, a few hundred bytes on disk.
+    lines = ["nics:", "  - &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += ["  - &a%d [%s]" % (i, ", ".join(["*a%d" % (i - 1)] * 10)) for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\nname: *a8\n")
+    start = time.perf_counter()
+    with pytest.raises(UsageError) as info:
+        vm_from_mapping(load_spec(path))
+    assert time.perf_counter() - start < 2.0  # repr() of the value walked all of it before
+    assert len(str(info.value)) < 400
+
+
+def test_oversize_or_endless_spec_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "big.toml"
+    path.write_text('annotation = "%s"\n' % ("x" * (2 << 20)))
+    with pytest.raises(UsageError) as info:
+        load_spec(path)
+    assert "larger than" in str(info.value)
+    zero = tmp_path / "zero.json"
+    zero.symlink_to("/dev/zero")
+    with pytest.raises(UsageError):
+        load_spec(zero)  # read to the limit, not forever
+
+
+@pytest.mark.parametrize("name,text", [
+    ("int.json", '{"cpus": %s}' % ("9" * 5000)),
+    ("int.yaml", "cpus: %s\n" % ("9" * 5000)),
+    ("int.toml", "cpus = %s\n" % ("9" * 5000)),
+])
+def test_huge_integers_are_usage_errors(tmp_path: Path, name: str, text: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(UsageError) as info:
+        vm_from_mapping(load_spec(path))
+    assert len(str(info.value)) < 600

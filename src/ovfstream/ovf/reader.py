@@ -10,10 +10,20 @@ Safety (the descriptor is untrusted input, often downloaded):
 - a size limit before anything is parsed (``ovf.xml.size``);
 - any DOCTYPE or entity declaration is refused outright (``ovf.xml.dtd``): no OVF needs one,
   and refusing is the only way to be sure that XXE (external file / URL / parameter entities)
-  and entity expansion bombs do nothing.  The raw bytes are scanned before libxml2 sees them,
-  and the parsed tree is checked again for encodings the scan cannot see;
-- lxml runs with entity resolution, DTD loading/validation and network access off, and
-  without ``huge_tree`` (libxml2's depth and text-size limits stay on).
+  and entity expansion bombs do nothing.  The reader decodes the bytes itself (BOM, XML 1.0
+  Appendix F signature, declared encoding: UTF-8/16/32 in either byte order, EBCDIC, any
+  codec Python knows), scans the *text* for a declaration, and hands libxml2 that same text
+  as UTF-8 with the encoding forced, so the parser never sees a character the scan did not.
+  libxml2 (2.14) opens an external parameter entity even with ``load_dtd=False`` in some
+  option combinations, so a scan of the raw bytes in a few encodings was not enough;
+- lxml runs with entity resolution, DTD loading/validation and network access off, without
+  ``huge_tree`` (libxml2's depth and text-size limits stay on), and with a resolver that
+  answers every load request with nothing (and makes the parse fail ``ovf.xml.dtd``), so
+  even a parser bug cannot open a file or a URL; the parsed tree is checked for a DOCTYPE
+  once more;
+- counts are capped (``ovf.limit``: 10,000 each of Files, Disks, Networks, VirtualSystems,
+  Items, Properties and deployment Configurations) and every check is linear in the size of
+  the descriptor, so a small hostile file cannot make the reader slow.
 
 Laxness (what real importers accept, so ``inspect`` works on what is out there): vendor
 sections and unknown elements are skipped; RASD children may come in any order, in any
@@ -29,10 +39,12 @@ schema error as an ``ovf.xsd`` finding.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import os
 import re
-from collections.abc import Iterator
+from collections import ChainMap
+from collections.abc import Container, Iterator, Mapping
 
 from lxml import etree
 
@@ -49,11 +61,16 @@ from .summary import (
     VirtualSystemInfo,
 )
 
-__all__ = ["parse_descriptor", "RULES", "MAX_DESCRIPTOR_BYTES", "NS_OVF09", "parse_units"]
+__all__ = ["parse_descriptor", "RULES", "MAX_DESCRIPTOR_BYTES", "MAX_ENTRIES", "NS_OVF09",
+           "parse_units"]
 
 # Descriptors seen in the wild are 300 bytes to a few hundred KiB (big ProductSections with
 # EULAs); 16 MiB is far above any real one and keeps a hostile one cheap.
 MAX_DESCRIPTOR_BYTES = 16 << 20
+# Real descriptors declare a handful of Files, Disks, Networks and Items (the largest seen:
+# a few hundred ProductSection Properties).  Ten thousand of any kind is far beyond them and
+# keeps what verify and inspect do per entry (lookups, findings, output lines) cheap.
+MAX_ENTRIES = 10_000
 
 NS_OVF09 = "http://www.vmware.com/schema/ovf/1/envelope"
 NS_VMW = "http://www.vmware.com/schema/ovf"
@@ -64,8 +81,13 @@ _VERSION_OF_NS = {schema.NS_OVF1: "1.x", schema.NS_OVF2: "2.x", NS_OVF09: "0.9"}
 
 RULES: dict[str, str] = {
     "ovf.xml.size": "the descriptor is larger than the reader's limit (16 MiB by default)",
-    "ovf.xml.dtd": "the descriptor has a DOCTYPE or entity declaration (refused: XXE / entity bombs)",
-    "ovf.xml.syntax": "the descriptor is not well-formed XML",
+    "ovf.xml.dtd": "the descriptor has a DOCTYPE or entity declaration, in any encoding, or the "
+                   "parser asked to load an external resource (refused: XXE / entity bombs)",
+    "ovf.xml.syntax": "the descriptor is not well-formed XML, or its bytes do not decode in "
+                      "their (detected or declared) encoding",
+    "ovf.limit": "the descriptor declares more than 10,000 of one kind: Files, Disks, "
+                 "Networks, VirtualSystems, Items, Properties or deployment Configurations "
+                 "(refused)",
     "ovf.xml.encoding": "the declared encoding does not match the bytes; read as UTF-8 "
                         "(warning; error when strict)",
     "ovf.envelope": "the root element is not an OVF Envelope",
@@ -79,8 +101,8 @@ RULES: dict[str, str] = {
     "ovf.disk.id": "a Disk has no ovf:diskId",
     "ovf.disk.capacity": "a Disk capacity is missing or not an integer (error), or a "
                          "${property} resolved at deploy time (info)",
-    "ovf.units": "an AllocationUnits / capacityAllocationUnits value is not understood or "
-                 "missing (warning)",
+    "ovf.units": "an AllocationUnits / capacityAllocationUnits value is not understood, "
+                 "more than 2^80 bytes per unit, or missing (warning)",
     "ovf.value": "a numeric field (VirtualQuantity, ResourceType, populatedSize, OS id...) is "
                  "not an integer (warning)",
     "ovf.ref.file": "a Disk ovf:fileRef names no File in References",
@@ -100,15 +122,30 @@ _RT_SATA, _RT_SAS, _RT_NVME = 32, 33, 34  # CIM 2.x values some exporters use
 _ITEM_KINDS = frozenset({"Item", "StorageItem", "EthernetPortItem"})
 _MAX_XSD_FINDINGS = 100  # per schema version; a broken file can produce thousands of lines
 
-# A DOCTYPE can only be spelled in ASCII; these cover ASCII-compatible encodings and UTF-16.
-_DTD_MARKERS = tuple(m.encode(enc) for m in ("<!DOCTYPE", "<!ENTITY")
-                     for enc in ("ascii", "utf-16-le", "utf-16-be"))
+# Searched in the decoded text (what libxml2 is given), case-insensitively and anywhere: a
+# DOCTYPE has no business in an OVF, even inside a CDATA section.
+_DTD_TEXT = re.compile(r"<!\s*(?:DOCTYPE|ENTITY)", re.IGNORECASE)
+# Byte-order marks, the UTF-32-LE one before the UTF-16-LE one it starts with.
+_BOMS = ((b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe\x00\x00", "utf-32-le"),
+         (b"\xef\xbb\xbf", "utf-8"), (b"\xfe\xff", "utf-16-be"), (b"\xff\xfe", "utf-16-le"))
+# XML 1.0 Appendix F: the first four bytes of "<?xml" (or "<") without a BOM.  UCS-4 in the
+# unusual 2143 and 3412 byte orders has no Python codec (None: refused).
+_SIGNATURES: dict[bytes, str | None] = {
+    b"\x00\x00\x00\x3c": "utf-32-be", b"\x3c\x00\x00\x00": "utf-32-le",
+    b"\x00\x3c\x00\x3f": "utf-16-be", b"\x3c\x00\x3f\x00": "utf-16-le",
+    b"\x00\x00\x3c\x00": None, b"\x00\x3c\x00\x00": None}
+_EBCDIC_SIGNATURE = b"\x4c\x6f\xa7\x94"  # "<?xm" in EBCDIC: the declaration names the page
+_WIDE_ENCODINGS = ("utf-16", "utf16", "utf-32", "utf32", "ucs-2", "ucs2", "ucs-4", "ucs4",
+                   "iso-10646")
+# Python codecs that are not character encodings an XML file can be written in.
+_NOT_XML_CODECS = frozenset({"unicode-escape", "raw-unicode-escape", "idna", "punycode",
+                             "undefined", "mbcs", "oem"})  # codecs.CodecInfo.name spellings
+_DECLARED_ENCODING = re.compile(
+    r"""\A<\?xml[^>]{0,200}?\sencoding\s*=\s*["']([A-Za-z][A-Za-z0-9._\-]{0,63})["']""")
 
 _DECIMAL = re.compile(r"\s*\+?(\d{1,30})\s*\Z")
-_HOST_RESOURCE = re.compile(r"\s*(?:ovf:)?/+(disk|file)/(.+?)\s*\Z", re.IGNORECASE)
 _PROPERTY_REF = re.compile(r"\s*\$\{[^}]*\}\s*\Z")
 _URL = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:")
-_DECLARED_ENCODING = re.compile(rb"""^\s*<\?xml[^>]*?encoding\s*=\s*["']([A-Za-z0-9._\-]+)["']""")
 
 # Named memory/capacity units seen in the wild (VirtualBox writes "MegaBytes"; old VMware
 # "MB").  Like VMware and VirtualBox, decimal-looking names mean binary multiples.
@@ -120,11 +157,15 @@ _NAMED_UNITS = {
     "tb": 1 << 40, "tib": 1 << 40, "terabyte": 1 << 40, "terabytes": 1 << 40,
 }
 _UNIT_FACTOR = re.compile(r"(\d{1,3})\^(\d{1,3})\Z|(\d{1,20})\Z")
+# 2^80 bytes (a yobibyte) per unit is beyond any real unit; stacked factors past it
+# ("byte * 2^80 * 2^80 ...") would make integers too large to print or to divide into a float.
+_MAX_UNIT_BYTES = 1 << 80
 
 
 def parse_units(text: str | None) -> int | None:
     """Bytes per unit of a DSP0004 programmatic unit ("byte * 2^20", "byte*10^6",
-    "byte * 1024") or a common name ("MegaBytes", "MB", "GiB"); None if not understood.
+    "byte * 1024") or a common name ("MegaBytes", "MB", "GiB"); None if not understood or
+    more than 2^80 bytes per unit.
 
     ``None`` or an empty string means plain bytes."""
     if text is None or not text.strip():
@@ -144,60 +185,168 @@ def parse_units(text: str | None) -> int | None:
             factor *= int(m.group(3))
         else:
             base, exp = int(m.group(1)), int(m.group(2))
-            if base not in (2, 10) or exp > 80:  # 2^80 is a yobibyte; more is nonsense
+            if base not in (2, 10) or exp > 80:
                 return None
             factor *= base ** exp
+        if factor > _MAX_UNIT_BYTES:  # checked per factor: the product stays small
+            return None
     return factor if factor > 0 else None
+
+
+def _host_resource(text: str | None) -> tuple[str, str] | None:
+    """``ovf:/disk/ID`` or ``ovf:/file/ID`` (any case, extra slashes, surrounding space) as
+    ("disk" | "file", ID); None for anything else.  Plain string operations, linear time:
+    the regex it replaces backtracked quadratically over runs of spaces."""
+    if not text:
+        return None
+    value = text.strip()
+    if value[:4].lower() == "ovf:":
+        value = value[4:]
+    if not value.startswith("/"):
+        return None
+    kind, sep, ref = value.lstrip("/").partition("/")
+    kind = kind.lower()
+    if not sep or kind not in ("disk", "file") or not ref:
+        return None
+    return kind, ref
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    """Untrusted text quoted in a message, cut to a readable length."""
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # ---------------------------------------------------------------------------------------------
 # Parsing the bytes
 
 
-def _refuse_dtd(data: bytes, path: str) -> None:
-    for marker in _DTD_MARKERS:
-        at = data.find(marker)
-        if at >= 0:
-            raise OvfFormatError("ovf.xml.dtd", "DOCTYPE/ENTITY declarations are not allowed in "
-                                 "an OVF descriptor (refused, not parsed)", path=path, offset=at)
+def _syntax(detail: str, path: str, offset: int | None = None) -> OvfFormatError:
+    return OvfFormatError("ovf.xml.syntax", detail, path=path, offset=offset)
 
 
-def _parser(encoding: str | None = None) -> etree.XMLParser:
-    # One parser per call: lxml parsers are not safe to share between threads.
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
-                           dtd_validation=False, huge_tree=False, remove_comments=False,
-                           remove_pis=False, collect_ids=False, encoding=encoding)
+def _codec(name: str, path: str) -> str:
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        raise _syntax("unsupported encoding %r" % name, path) from None
+    if info.name in _NOT_XML_CODECS or not getattr(info, "_is_text_encoding", True):
+        raise _syntax("unsupported encoding %r" % name, path)
+    return info.name
+
+
+def _decode(data: bytes, path: str, findings: list[Finding], strict: bool
+            ) -> tuple[str, int, str]:
+    """The document as text: (text, offset of the text's first byte, codec name).
+
+    The encoding comes from, in order: a byte-order mark; the Appendix F signature of the
+    first four bytes (UTF-16/UTF-32 without BOM, EBCDIC); the declaration of an
+    ASCII-compatible document; else UTF-8.
+    """
+    for bom, codec in _BOMS:
+        if data.startswith(bom):
+            return _decode_as(data, len(bom), codec, path), len(bom), codec
+    head = data[:4]
+    if head in _SIGNATURES:
+        wide = _SIGNATURES[head]
+        if wide is None:
+            raise _syntax("UCS-4 in the 2143/3412 byte order is not supported", path, 0)
+        return _decode_as(data, 0, wide, path), 0, wide
+    if head == _EBCDIC_SIGNATURE:
+        found = _DECLARED_ENCODING.match(data[:256].decode("cp037"))
+        if found is None:
+            raise _syntax("EBCDIC document without an encoding declaration", path, 0)
+        codec = _codec(found.group(1), path)
+        return _decode_as(data, 0, codec, path), 0, codec
+    found = _DECLARED_ENCODING.match(data[:256].decode("latin-1"))
+    if found is None:
+        return _decode_as(data, 0, "utf-8", path), 0, "utf-8"
+    declared = found.group(1)
+    if declared.lower().startswith(_WIDE_ENCODINGS):
+        # One byte per character, yet declared UTF-16/32 (the signature check saw "<?xml" in
+        # ASCII): XenServer's XenOVF writes this, and real importers read it as UTF-8.
+        # Strict mode reports it as an error: a strict XML parser rejects the file.
+        text = _decode_as(data, 0, "utf-8", path)
+        findings.append(Finding("ovf.xml.encoding", "error" if strict else "warning",
+                                location(path), None, "declared encoding %r but the bytes are "
+                                "8-bit; read as UTF-8" % declared))
+        return text, 0, "utf-8"
+    codec = _codec(declared, path)
+    return _decode_as(data, 0, codec, path), 0, codec
+
+
+def _decode_as(data: bytes, start: int, codec: str, path: str) -> str:
+    try:
+        return data[start:].decode(codec)
+    except UnicodeDecodeError as exc:
+        raise _syntax("the bytes are not valid %s: %s" % (codec, exc.reason), path,
+                      start + exc.start) from None
+
+
+class _RefuseLoads(etree.Resolver):
+    """Answers every request libxml2 makes for an external resource (DTD, entity, XInclude)
+    with an empty document and remembers it: nothing is ever opened or fetched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[str] = []
+
+    def resolve(self, system_url: str | None, public_id: str | None, context: object) -> object:
+        self.requests.append(system_url or public_id or "?")
+        return self.resolve_string("", context)
+
+
+def _parser() -> tuple[etree.XMLParser, _RefuseLoads]:
+    # One parser per call: lxml parsers are not safe to share between threads.  The text is
+    # always handed over as UTF-8 (see _parse_xml): the declared encoding is ignored.
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
+                             dtd_validation=False, huge_tree=False, remove_comments=False,
+                             remove_pis=False, collect_ids=False, encoding="utf-8")
+    refuse = _RefuseLoads()
+    parser.resolvers.add(refuse)
+    return parser, refuse
 
 
 def _syntax_error(err: etree.XMLSyntaxError, path: str) -> OvfFormatError:
     line, column = err.position if err.position else (err.lineno or 0, 0)
     # libxml2's message repeats the position at its end; keep one copy.
     message = re.sub(r",? line \d+, column \d+\s*\Z", "", err.msg or "") or "not well-formed"
-    return OvfFormatError("ovf.xml.syntax", "line %d, column %d: %s" % (line, column, message),
-                          path=path)
+    return _syntax("line %d, column %d: %s" % (line, column, message), path)
 
 
 def _parse_xml(data: bytes, path: str, findings: list[Finding], strict: bool) -> etree._Element:
-    try:
-        return etree.fromstring(data, _parser())
-    except etree.XMLSyntaxError as err:
-        first = err
-    # XenServer's XenOVF writes encoding="utf-16" on 8-bit ASCII bytes; libxml2 then fails on
-    # the first byte.  Real importers read such files as UTF-8, so retry exactly that case.
-    declared = _DECLARED_ENCODING.match(data[:200])
-    if (declared is not None and declared.group(1).lower().startswith(b"utf-16")
-            and not data.startswith((b"\xff\xfe", b"\xfe\xff")) and b"\x00" not in data):
+    text, start, codec = _decode(data, path, findings, strict)
+    dtd = _DTD_TEXT.search(text)
+    if dtd is not None:
+        offset = start + len(text[:dtd.start()].encode(codec, "replace"))
+        raise OvfFormatError("ovf.xml.dtd", "DOCTYPE/ENTITY declarations are not allowed in "
+                             "an OVF descriptor (refused, not parsed)", path=path, offset=offset)
+    if codec == "utf-8":
+        utf8 = data[start:] if start else data
+    else:
         try:
-            root = etree.fromstring(data, _parser("utf-8"))
-        except etree.XMLSyntaxError:
-            raise _syntax_error(first, path) from None
-        # Strict mode reports it as an error: a strict XML parser rejects the file.
-        findings.append(Finding("ovf.xml.encoding", "error" if strict else "warning",
-                                location(path), None,
-                                "declared encoding %r but the bytes are 8-bit; read as UTF-8"
-                                % declared.group(1).decode("ascii")))
-        return root
-    raise _syntax_error(first, path) from None
+            utf8 = text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate from a lax codec (UTF-7)
+            raise _syntax("the text holds an unpaired surrogate", path) from None
+    parser, refuse = _parser()
+    try:
+        root = etree.fromstring(utf8, parser)
+    except etree.XMLSyntaxError as err:
+        if refuse.requests:
+            raise _load_refused(refuse, path) from None
+        raise _syntax_error(err, path) from None
+    if refuse.requests:
+        raise _load_refused(refuse, path)
+    docinfo = root.getroottree().docinfo
+    if docinfo.doctype or docinfo.internalDTD is not None:
+        # Unreachable after the text scan; kept so that a gap in it fails closed.
+        raise OvfFormatError("ovf.xml.dtd", "DOCTYPE declarations are not allowed in an OVF "
+                             "descriptor", path=path)
+    return root
+
+
+def _load_refused(refuse: _RefuseLoads, path: str) -> OvfFormatError:
+    return OvfFormatError("ovf.xml.dtd", "the parser asked for the external resource %r "
+                          "(refused; nothing was opened)" % _clip(refuse.requests[0]), path=path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,12 +365,21 @@ class _Doc:
         # or none at all (VirtualBox's joomla 0.9 copy has unprefixed children, no default ns).
         self.struct_ns = {ns, schema.NS_OVF1, schema.NS_OVF2, NS_OVF09, ""}
         self.ns = ns
+        self.counts: dict[str, int] = {}
 
     def add(self, rule: str, severity: Severity, message: str,
             el: etree._Element | None = None) -> None:
         line = getattr(el, "sourceline", None) if el is not None else None
         text = ("line %d: %s" % (line, message)) if line else message
         self.findings.append(Finding(rule, severity, location(self.path), None, text))
+
+    def count(self, what: str, el: etree._Element) -> None:
+        """Count one entry of a kind; refuse the descriptor past MAX_ENTRIES (``ovf.limit``)."""
+        seen = self.counts[what] = self.counts.get(what, 0) + 1
+        if seen > MAX_ENTRIES:
+            raise OvfFormatError("ovf.limit", "line %s: more than %d %s in the descriptor "
+                                 "(refused)" % (el.sourceline, MAX_ENTRIES, what),
+                                 path=self.path)
 
     def kind(self, el: etree._Element) -> str | None:
         """The OVF element kind: local name, or for 0.9 ``Section``/``Content`` the xsi:type
@@ -295,12 +453,14 @@ def _read_files(doc: _Doc) -> list[FileRef]:
     seen: set[str] = set()
     for refs in doc.children(doc.root, "References"):
         for el in doc.children(refs, "File"):
+            doc.count("Files", el)
             file_id = doc.attr(el, "id") or ""
             href = doc.attr(el, "href") or ""
             if not file_id:
-                doc.add("ovf.id.unique", "error", "File without ovf:id (href %r)" % href, el)
+                doc.add("ovf.id.unique", "error", "File without ovf:id (href %r)" % _clip(href),
+                        el)
             elif file_id in seen:
-                doc.add("ovf.id.unique", "error", "File id %r is used twice" % file_id, el)
+                doc.add("ovf.id.unique", "error", "File id %r is used twice" % _clip(file_id), el)
             seen.add(file_id)
             _check_href(doc, href, el)
             files.append(FileRef(
@@ -319,46 +479,48 @@ def _check_href(doc: _Doc, href: str, el: etree._Element) -> None:
         doc.add("ovf.file.href", "error", "File has no ovf:href", el)
         return
     if any(ord(c) < 0x20 or ord(c) == 0x7f for c in href):
-        doc.add("ovf.file.href", "error", "href %r holds control characters" % href, el)
+        doc.add("ovf.file.href", "error", "href %r holds control characters" % _clip(href), el)
         return
     scheme = _URL.match(href)
     # A one-letter "scheme" is a Windows drive letter (C:\x), handled as an absolute path below.
     if scheme is not None and len(scheme.group(0)) > 2:
         if scheme.group(0).lower() in ("http:", "https:"):
             doc.add("ovf.file.href", "warning", "href %r is an external URL: the package is "
-                    "not self-contained" % href, el)
+                    "not self-contained" % _clip(href), el)
         else:
             doc.add("ovf.file.href", "error", "href %r uses a URL scheme other than http(s)"
-                    % href, el)
+                    % _clip(href), el)
         return
     if "\\" in href:
-        doc.add("ovf.file.href", "error", "href %r holds a backslash (a Windows path)" % href, el)
+        doc.add("ovf.file.href", "error", "href %r holds a backslash (a Windows path)"
+                % _clip(href), el)
     elif href.startswith("/") or (scheme is not None):
-        doc.add("ovf.file.href", "error", "href %r is an absolute path" % href, el)
+        doc.add("ovf.file.href", "error", "href %r is an absolute path" % _clip(href), el)
     elif ".." in href.split("/"):
         doc.add("ovf.file.href", "error", "href %r climbs out of the package with '..'"
-                % href, el)
+                % _clip(href), el)
     elif "/" in href:
         doc.add("ovf.file.href", "warning", "href %r names a subfolder: valid beside an .ovf, "
-                "impossible inside an OVA" % href, el)
+                "impossible inside an OVA" % _clip(href), el)
 
 
 def _read_disks(doc: _Doc, parent: etree._Element, file_ids: set[str]) -> list[DiskInfo]:
     disks: list[DiskInfo] = []
     for section in doc.children(parent, "DiskSection"):
         for el in doc.children(section, "Disk"):
+            doc.count("Disks", el)
             disk_id = doc.attr(el, "diskId") or ""
             if not disk_id:
                 doc.add("ovf.disk.id", "error", "Disk without ovf:diskId", el)
             file_ref = (doc.attr(el, "fileRef") or "").strip() or None  # "" = blank disk
             if file_ref is not None and file_ref not in file_ids:
                 doc.add("ovf.ref.file", "error", "Disk %r: fileRef %r names no File in "
-                        "References" % (disk_id, file_ref), el)
+                        "References" % (_clip(disk_id), _clip(file_ref)), el)
             disks.append(DiskInfo(
                 disk_id=disk_id, file_ref=file_ref,
                 capacity_bytes=_capacity(doc, el, disk_id),
                 populated_bytes=doc.integer(doc.attr(el, "populatedSize"),
-                                            "Disk %r populatedSize" % disk_id, el),
+                                            "Disk %r populatedSize" % _clip(disk_id), el),
                 format_uri=doc.attr(el, "format") or None))
     return disks
 
@@ -366,34 +528,38 @@ def _read_disks(doc: _Doc, parent: etree._Element, file_ids: set[str]) -> list[D
 def _capacity(doc: _Doc, el: etree._Element, disk_id: str) -> int | None:
     raw = doc.attr(el, "capacity")
     if raw is None or not raw.strip():
-        doc.add("ovf.disk.capacity", "error", "Disk %r has no ovf:capacity" % disk_id, el)
+        doc.add("ovf.disk.capacity", "error", "Disk %r has no ovf:capacity" % _clip(disk_id), el)
         return None
     if _PROPERTY_REF.match(raw):
         doc.add("ovf.disk.capacity", "info", "Disk %r capacity %s is a property resolved at "
-                "deploy time" % (disk_id, raw.strip()), el)
+                "deploy time" % (_clip(disk_id), _clip(raw.strip())), el)
         return None
-    value = doc.integer(raw, "Disk %r capacity" % disk_id, el, "ovf.disk.capacity", "error")
+    value = doc.integer(raw, "Disk %r capacity" % _clip(disk_id), el, "ovf.disk.capacity", "error")
     if value is None:
         return None
     units_text = doc.attr(el, "capacityAllocationUnits")
     units = parse_units(units_text)
     if units is None:
         doc.add("ovf.units", "warning", "Disk %r capacityAllocationUnits %r not understood"
-                % (disk_id, units_text), el)
+                % (_clip(disk_id), _clip(units_text or "")), el)
         return None
     return value * units
 
 
 def _read_networks(doc: _Doc) -> list[str]:
     names: list[str] = []
+    seen: set[str] = set()  # a set beside the list: membership in the list was quadratic
     for section in doc.children(doc.root, "NetworkSection"):
         for el in doc.children(section, "Network"):
             name = doc.attr(el, "name")
             if name is None:
                 continue
-            if name in names:
-                doc.add("ovf.id.unique", "error", "Network %r is declared twice" % name, el)
+            if name in seen:
+                doc.add("ovf.id.unique", "error", "Network %r is declared twice" % _clip(name),
+                        el)
             else:
+                doc.count("Networks", el)
+                seen.add(name)
                 names.append(name)
     return names
 
@@ -402,6 +568,7 @@ def _read_deployment_options(doc: _Doc) -> tuple[list[DeploymentOption], str | N
     options: list[DeploymentOption] = []
     for section in doc.children(doc.root, "DeploymentOptionSection"):
         for el in doc.children(section, "Configuration"):
+            doc.count("deployment Configurations", el)
             options.append(DeploymentOption(id=doc.attr(el, "id") or "",
                                             label=doc.text(el, "Label"),
                                             default=_bool(doc.attr(el, "default")) is True))
@@ -439,44 +606,56 @@ class _Item:
         return self.fields.get(name.lower()) or None
 
 
-def _check_items(doc: _Doc, items: list[_Item], disk_ids: set[str], file_ids: set[str],
-                 networks: set[str]) -> None:
-    by_id: dict[str, list[_Item]] = {}
-    for item in items:
+def _check_items(doc: _Doc, items: list[_Item], disk_ids: Container[str],
+                 file_ids: Container[str], networks: Container[str]) -> None:
+    # The same InstanceID under different ovf:configuration values is how DSP0243 overrides
+    # an Item per deployment option (csr1000v); only a clash for one configuration (or two
+    # unconditional Items) is a duplicate.  The first Item per (InstanceID, configuration)
+    # is kept in a dict, so many Items sharing one InstanceID stay linear.
+    ids: set[str] = set()
+    unconditional: dict[str, _Item] = {}
+    per_configuration: dict[tuple[str, str], tuple[int, _Item]] = {}
+    for position, item in enumerate(items):
         if item.instance_id is None:
             doc.add("ovf.item.instanceid", "warning", "Item without InstanceID", item.el)
             continue
-        for other in by_id.get(item.instance_id, []):
-            # The same InstanceID under different ovf:configuration values is how DSP0243
-            # overrides an Item per deployment option (csr1000v); only a clash for one
-            # configuration (or two unconditional Items) is a duplicate.
-            if (item.configurations is None) == (other.configurations is None) and (
-                    item.configurations is None or item.configurations & other.configurations):
-                doc.add("ovf.instanceid.unique", "error", "InstanceID %r is used by two Items"
-                        " (first on line %s)" % (item.instance_id, other.el.sourceline), item.el)
-                break
-        by_id.setdefault(item.instance_id, []).append(item)
+        iid = item.instance_id
+        ids.add(iid)
+        first: _Item | None = None
+        if item.configurations is None:
+            first = unconditional.setdefault(iid, item)
+        else:
+            earliest: tuple[int, _Item] | None = None
+            for configuration in item.configurations:
+                seen = per_configuration.setdefault((iid, configuration), (position, item))
+                if seen[1] is not item and (earliest is None or seen[0] < earliest[0]):
+                    earliest = seen
+            first = earliest[1] if earliest is not None else item
+        if first is not item:
+            doc.add("ovf.instanceid.unique", "error", "InstanceID %r is used by two Items"
+                    " (first on line %s)" % (_clip(iid), first.el.sourceline), item.el)
     for item in items:
         parent = item.get("Parent")
-        if parent is not None and parent not in by_id:
+        if parent is not None and parent not in ids:
             doc.add("ovf.ref.parent", "error", "Item %r: Parent %r names no InstanceID in this "
-                    "VirtualHardwareSection" % (item.instance_id, parent), item.el)
+                    "VirtualHardwareSection" % (_clip(item.instance_id or ""), _clip(parent)),
+                    item.el)
         for child in item.children:
-            if etree.QName(child).localname != "HostResource" or not child.text:
+            if etree.QName(child).localname != "HostResource":
                 continue
-            m = _HOST_RESOURCE.match(child.text)
-            if m is None:
+            resource = _host_resource(child.text)
+            if resource is None:
                 continue
-            kind, ref = m.group(1).lower(), m.group(2)
+            kind, ref = resource
             if ref not in (disk_ids if kind == "disk" else file_ids):
                 doc.add("ovf.ref.disk", "error", "Item %r: HostResource %r names no %s"
-                        % (item.instance_id, child.text.strip(),
+                        % (_clip(item.instance_id or ""), _clip((child.text or "").strip()),
                            "Disk in DiskSection" if kind == "disk" else "File in References"),
                         item.el)
         connection = item.get("Connection")
         if item.resource_type == _RT_ETHERNET and connection and connection not in networks:
             doc.add("ovf.ref.network", "warning", "Item %r: Connection %r names no Network in "
-                    "NetworkSection" % (item.instance_id, connection), item.el)
+                    "NetworkSection" % (_clip(item.instance_id or ""), _clip(connection)), item.el)
 
 
 def _active_items(items: list[_Item], configuration: str | None) -> list[_Item]:
@@ -570,6 +749,7 @@ def _read_product(doc: _Doc, vs: etree._Element) -> ProductInfo | None:
         for category in doc.children(section, "Category"):
             props.extend(doc.children(category, "Property"))
         for prop in props:
+            doc.count("Properties", prop)
             key = doc.attr(prop, "key") or ""
             full = ".".join(x for x in (klass, key, instance) if x)
             properties.append(PropertyInfo(
@@ -594,7 +774,8 @@ def _memory_mib(doc: _Doc, item: _Item) -> int | None:
         return quantity
     units = parse_units(units_text)
     if units is None:
-        doc.add("ovf.units", "warning", "memory AllocationUnits %r not understood" % units_text,
+        doc.add("ovf.units", "warning", "memory AllocationUnits %r not understood"
+                % _clip(units_text),
                 item.el)
         return None
     return quantity * units // (1 << 20)
@@ -602,9 +783,11 @@ def _memory_mib(doc: _Doc, item: _Item) -> int | None:
 
 def _read_system(doc: _Doc, vs: etree._Element, env_disks: dict[str, DiskInfo],
                  file_ids: set[str], networks: set[str], configuration: str | None) -> VirtualSystemInfo:
+    doc.count("VirtualSystems", vs)
     vs_id = doc.attr(vs, "id")
     local_disks = {d.disk_id: d for d in _read_disks(doc, vs, file_ids)}  # lax: 2.x allows it
-    disks_by_id = {**env_disks, **local_disks}
+    # A view, not a merged copy: copying every envelope Disk per VirtualSystem was quadratic.
+    disks_by_id: Mapping[str, DiskInfo] = ChainMap(local_disks, env_disks)
 
     os_id = os_type = os_description = None
     os_section = doc.child(vs, "OperatingSystemSection")
@@ -620,8 +803,12 @@ def _read_system(doc: _Doc, vs: etree._Element, env_disks: dict[str, DiskInfo],
     nics: list[NicInfo] = []
     configs: dict[str, str] = {}
     for number, vhs in enumerate(sections):
-        items = [_Item(el, doc) for el in vhs if doc.kind(el) in _ITEM_KINDS]
-        _check_items(doc, items, set(disks_by_id), file_ids, networks)
+        items = []
+        for el in vhs:
+            if doc.kind(el) in _ITEM_KINDS:
+                doc.count("Items", el)
+                items.append(_Item(el, doc))
+        _check_items(doc, items, disks_by_id, file_ids, networks)
         if number:  # further sections describe other virtualization types; check only
             continue
         configs = _vmw_configs(doc, vhs)
@@ -664,20 +851,20 @@ def _read_system(doc: _Doc, vs: etree._Element, env_disks: dict[str, DiskInfo],
         eula=doc.child(vs, "EulaSection") is not None, annotation=annotation)
 
 
-def _attached_disk(item: _Item, disks_by_id: dict[str, DiskInfo],
+def _attached_disk(item: _Item, disks_by_id: Mapping[str, DiskInfo],
                    by_instance: dict[str, _Item]) -> DiskInfo | None:
     for child in item.children:
-        if etree.QName(child).localname != "HostResource" or not child.text:
+        if etree.QName(child).localname != "HostResource":
             continue
-        m = _HOST_RESOURCE.match(child.text)
-        if m is None or m.group(1).lower() != "disk" or m.group(2) not in disks_by_id:
+        resource = _host_resource(child.text)
+        if resource is None or resource[0] != "disk" or resource[1] not in disks_by_id:
             continue
         parent = by_instance.get(item.get("Parent") or "")
         controller = _controller_name(parent) if parent is not None else None
         unit = item.get("AddressOnParent")
         bus = None if parent is None else (parent.get("Address") or parent.get("BusNumber"))
         address = unit if bus is None or unit is None else "%s:%s" % (bus, unit)
-        return dataclasses.replace(disks_by_id[m.group(2)], controller=controller,
+        return dataclasses.replace(disks_by_id[resource[1]], controller=controller,
                                    address=address)
     return None
 
@@ -703,10 +890,10 @@ def _referenced_files(doc: _Doc) -> set[str]:
         for key, value in el.attrib.items():
             if key == "fileRef" or key.endswith("}fileRef"):
                 names.add(value.strip())
-        if el.tag.endswith("}HostResource") and el.text:
-            m = _HOST_RESOURCE.match(el.text)
-            if m is not None and m.group(1).lower() == "file":
-                names.add(m.group(2))
+        if el.tag.endswith("}HostResource"):
+            resource = _host_resource(el.text)
+            if resource is not None and resource[0] == "file":
+                names.add(resource[1])
     return names
 
 
@@ -729,14 +916,8 @@ def parse_descriptor(data: bytes, *, path: str, strict: bool = False,
     if len(data) > max_bytes:
         raise OvfFormatError("ovf.xml.size", "descriptor is %d bytes, more than the limit of %d"
                              % (len(data), max_bytes), path=path)
-    _refuse_dtd(data, path)
     findings: list[Finding] = []
     root = _parse_xml(data, path, findings, strict)
-    docinfo = root.getroottree().docinfo
-    if docinfo.doctype or docinfo.internalDTD is not None:
-        # Reached only by encodings the byte scan cannot read (UTF-32, EBCDIC...).
-        raise OvfFormatError("ovf.xml.dtd", "DOCTYPE declarations are not allowed in an OVF "
-                             "descriptor", path=path)
 
     qname = etree.QName(root)
     if qname.localname != "Envelope":
@@ -756,7 +937,7 @@ def parse_descriptor(data: bytes, *, path: str, strict: bool = False,
     disk_index: dict[str, DiskInfo] = {}
     for disk in disks:
         if disk.disk_id and disk.disk_id in disk_index:
-            doc.add("ovf.id.unique", "error", "Disk id %r is used twice" % disk.disk_id)
+            doc.add("ovf.id.unique", "error", "Disk id %r is used twice" % _clip(disk.disk_id))
         disk_index.setdefault(disk.disk_id, disk)
     networks = _read_networks(doc)
     options, default_configuration = _read_deployment_options(doc)
@@ -768,15 +949,16 @@ def parse_descriptor(data: bytes, *, path: str, strict: bool = False,
         doc.add("ovf.content", "warning", "the Envelope holds no VirtualSystem or "
                 "VirtualSystemCollection", root)
     else:
+        network_names = set(networks)  # once, not per VirtualSystem
         for vs in _systems(doc, content):
-            systems.append(_read_system(doc, vs, disk_index, file_ids, set(networks),
+            systems.append(_read_system(doc, vs, disk_index, file_ids, network_names,
                                         default_configuration))
 
     referenced = _referenced_files(doc)
     for f in files:
         if f.id and f.id not in referenced:
             doc.add("ovf.file.unused", "warning", "File %r (%s) is referenced by nothing"
-                    % (f.id, f.href))
+                    % (_clip(f.id), _clip(f.href)))
 
     if strict:
         _validate(doc, version, schema_dir)

@@ -27,6 +27,7 @@ import dataclasses
 import json
 import os
 import re
+import reprlib
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -71,12 +72,20 @@ _FIELD = {"memory": "memory_mib"}
 _HW_RE = re.compile(r"^vmx-(\d{1,2})$")
 # Keep a hostile spec from making us read a huge "EULA".
 _MAX_EULA_BYTES = 1 << 20
+# A spec is a few hundred bytes; a bounded read also keeps /dev/zero or an endless pipe out.
+MAX_SPEC_BYTES = 1 << 20
+# Values quoted in errors: YAML anchors can make a small file name a structure of billions of
+# (shared) elements, and a plain repr() would walk all of them.
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 200
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = 8
+_REPR.maxlevel = 3
 
 T = TypeVar("T")
 
 
 def _bad(path: str, value: object, allowed: str) -> UsageError:
-    return UsageError("%s: %r is not allowed (%s)" % (path, value, allowed))
+    return UsageError("%s: %s is not allowed (%s)" % (path, _REPR.repr(value), allowed))
 
 
 def _relabel(path: str, model_prefix: str, build: Callable[[], T]) -> T:
@@ -292,7 +301,10 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
     suffix = spec_path.suffix.lower()
     if suffix not in (".toml", ".yaml", ".yml", ".json"):
         raise _bad("spec", os.fspath(path), "a .toml, .yaml, .yml or .json file")
-    data = spec_path.read_bytes()
+    with open(spec_path, "rb") as handle:
+        data = handle.read(MAX_SPEC_BYTES + 1)
+    if len(data) > MAX_SPEC_BYTES:
+        raise UsageError("spec: %s is larger than %d bytes" % (spec_path, MAX_SPEC_BYTES))
     try:
         if suffix == ".toml":
             loaded: object = tomllib.loads(data.decode("utf-8"))
@@ -301,8 +313,14 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
         else:
             loaded = yaml.safe_load(data)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError,
-            UnicodeDecodeError) as exc:
-        raise UsageError("spec: %s cannot be parsed: %s" % (spec_path, exc)) from None
+            UnicodeDecodeError, ValueError) as exc:
+        # ValueError: json refuses an integer of more than 4300 digits.
+        raise UsageError("spec: %s cannot be parsed: %s" % (spec_path, _REPR.repr(str(exc))[1:-1])
+                         ) from None
+    except RecursionError:
+        # All three parsers recurse per nesting level; the stack is unwound by now.
+        raise UsageError("spec: %s is nested too deeply to be a VM description" % spec_path
+                         ) from None
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
