@@ -233,6 +233,35 @@ def test_cli_refuses_hostile_descriptor_and_opens_nothing(tmp_path: Path, fifo: 
         assert "Traceback" not in proc.stderr, args
 
 
+@pytest.mark.parametrize("label,codec,declared,bom", [
+    ("utf-16-le", "utf-16-le", "UTF-16", False), ("utf-16-be-bom", "utf-16-be", "UTF-16", True),
+    ("utf-32-le-bom", "utf-32-le", "UTF-32", True), ("utf-32-be", "utf-32-be", "UTF-32", False)])
+def test_api_verify_and_inspect_refuse_and_open_nothing(tmp_path: Path, fifo: str, label: str,
+                                                        codec: str, declared: str,
+                                                        bom: bool) -> None:
+    from ovfstream import inspect, verify
+
+    data = xxe_document("parameter entity", fifo, codec, declared, bom)
+    ova = _ova(tmp_path / "x.ova", [("x.ovf", data)])
+    out: dict[str, Any] = {}
+
+    def work() -> None:
+        out["verify"] = verify(ova)
+        try:
+            inspect(ova)
+        except OvfFormatError as exc:
+            out["inspect"] = exc
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(10)
+    opened = fifo_was_opened(fifo)
+    thread.join(5)
+    assert not opened and not thread.is_alive(), label
+    assert [f.rule for f in out["verify"].errors] == ["ovf.xml.dtd"], label
+    assert out["inspect"].rule == "ovf.xml.dtd", label
+
+
 def test_cli_entity_at_dev_zero_does_not_hang(tmp_path: Path) -> None:
     for label, codec, declared, bom in (ENCODINGS[8], ENCODINGS[10]):  # UTF-32, EBCDIC
         data = xxe_document("parameter entity", "/dev/zero", codec, declared, bom)
