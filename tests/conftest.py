@@ -10,13 +10,27 @@ from typing import Callable
 import pytest
 from hypothesis import settings
 
-from ovfs_testlib import DISKS, Layout, run, tool, write_disk
+from ovfs_testlib import DISKS, Layout, require_shared, run, tool, write_disk
 
 # CI explores the same examples on every run (a green main stays green); developers'
 # runs explore new ones, and what they find becomes a regression test.
 settings.register_profile("ci", derandomize=True, print_blob=True)
 if os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "needs_shared(*folders): reads ../shared/<folder>; skipped with the reason "
+        "when absent, a failure under OVFSTREAM_REQUIRE_SHARED=1 (CI)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    # tryfirst: before the skip of an empty parametrization (a corpus that is not there), so
+    # that CI reports the missing folder rather than "got empty parameter set".
+    for mark in item.iter_markers("needs_shared"):
+        require_shared(*mark.args)
 
 
 @pytest.fixture

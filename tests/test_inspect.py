@@ -16,7 +16,7 @@ from ovfstream.inspect import InspectResult, inspect
 from ovfstream.ovf.model import Nic, VirtualMachine
 from ovfstream.pack import pack
 
-from ovfs_testlib import DISKS, SHARED, write_disk
+from ovfs_testlib import DISKS, SHARED, needs_shared, write_disk
 from test_verify import (HOSTILE, LAUGHS, XXE, Built, flip, hostile_descriptor_ova,
                          hostile_ova, run_cli, write_tar)
 
@@ -115,10 +115,12 @@ def test_bare_vmdk(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 1 and "[vmdk.header.magic]" in err
 
 
+@needs_shared("ovf-corpus")
 def test_corpus_is_there() -> None:
     assert len(ALL) >= 26, ALL
 
 
+@needs_shared("ovf-corpus")
 @pytest.mark.parametrize("path", ALL, ids=lambda p: str(p.relative_to(CORPUS)))
 def test_every_corpus_descriptor(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     result = inspect(path)

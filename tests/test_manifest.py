@@ -24,7 +24,9 @@ from ovfstream.manifest import (
     render_manifest,
 )
 
-CORPUS = Path(__file__).resolve().parents[1] / ".." / "shared" / "ovf-corpus"
+from ovfs_testlib import SHARED, needs_shared
+
+CORPUS = SHARED / "ovf-corpus"
 H256 = hashlib.sha256(b"x").hexdigest()
 H1 = hashlib.sha1(b"x").hexdigest()
 
@@ -83,6 +85,7 @@ def test_openssl_dgst_output(tmp_path: Path) -> None:
 
 
 # -- real manifests --------------------------------------------------------------------------
+@needs_shared("ovf-corpus")
 def test_corpus_cot_sha256_is_canonical() -> None:
     entries, findings = parse_manifest((CORPUS / "cot" / "ubuntu.2.0.mf").read_bytes(), path="u.mf")
     assert findings == []
@@ -91,6 +94,7 @@ def test_corpus_cot_sha256_is_canonical() -> None:
     assert entries[0].hexdigest == "4aacc96f73bc1e0912414b80a576f62fa8d22386a2c34c489e88ee42ec71de9b"
 
 
+@needs_shared("ovf-corpus")
 def test_corpus_ovf_digest_matches_cot_and_ovftool() -> None:
     for folder, stem in (("cot", "ubuntu.2.0"), ("virtualbox", "tdAppliance1-t4-ovftool-4.1.0"),
                          ("govmomi", "ttylinux-pc_i486-16.1")):
@@ -100,6 +104,7 @@ def test_corpus_ovf_digest_matches_cot_and_ovftool() -> None:
         assert actual.hexdigest() == ovf.hexdigest, folder
 
 
+@needs_shared("ovf-corpus")
 def test_corpus_govmomi_bsd_style_is_accepted_with_warnings() -> None:
     data = (CORPUS / "govmomi" / "ttylinux-pc_i486-16.1.mf").read_bytes()
     entries, findings = parse_manifest(data, path="tty.mf")
@@ -110,6 +115,7 @@ def test_corpus_govmomi_bsd_style_is_accepted_with_warnings() -> None:
     assert findings[1].offset == data.index(b"\n") + 1 and findings[0].file == "tty.mf"
 
 
+@needs_shared("ovf-corpus")
 def test_corpus_space_padded_ovftool_manifest() -> None:
     entries, findings = parse_manifest((CORPUS / "virtualbox" / "tdAppliance1-t2.mf").read_bytes())
     assert [(e.name, e.canonical) for e in entries] == [("tdAppliance1-t2-disk1.vmdk", True)]
@@ -117,6 +123,7 @@ def test_corpus_space_padded_ovftool_manifest() -> None:
     assert "padded" in findings[0].message
 
 
+@needs_shared("ovf-corpus")
 def test_corpus_ovftool_410_manifest() -> None:
     entries, findings = parse_manifest(
         (CORPUS / "virtualbox" / "tdAppliance1-t4-ovftool-4.1.0.mf").read_bytes())

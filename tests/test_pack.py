@@ -18,11 +18,10 @@ from lxml import etree
 
 from ovfstream import cli
 from ovfstream.errors import UsageError
-from ovfstream.ovf import schema
 from ovfstream.ovf.model import DiskSlot, Nic, Product, Property, VirtualMachine
 from ovfstream.pack import Signer, pack
 
-from ovfs_testlib import make_signer, run, tool
+from ovfs_testlib import assert_descriptor_valid, make_signer, run, tool
 
 NS = {"ovf": "http://schemas.dmtf.org/ovf/envelope/1",
       "ovf2": "http://schemas.dmtf.org/ovf/envelope/2",
@@ -75,7 +74,7 @@ def test_single_disk_ova_read_by_real_readers(make_disk, qemu_img, tmp_path):
     sizes = {m.name: m.size for m in members}
     assert [(f.get("{%s}href" % NS["ovf"]), int(f.get("{%s}size" % NS["ovf"]))) for f in files] \
         == [("web-disk1.vmdk", sizes["web-disk1.vmdk"])]
-    assert schema.validate(descriptor) == {"1.0.0": [], "1.1.1": []}
+    assert_descriptor_valid(descriptor, ("1.0.0", "1.1.1"))
 
     manifest = _read(out, "web.mf").decode()
     expected = "".join("SHA256(%s)= %s\n" % (n, hashlib.sha256(_read(out, n)).hexdigest())
@@ -147,8 +146,7 @@ def test_several_disks_controllers_and_ovf2(make_disk, qemu_img, tmp_path):
         assert names[:2] == ["multi%s.ovf" % version, "multi%s.mf" % version]
         assert names[2:] == ["multi%s-disk%d.vmdk" % (version, i) for i in (1, 2, 3)]
         descriptor = _read(out, names[0])
-        result = schema.validate(descriptor)
-        assert set(result) == schemas and all(v == [] for v in result.values()), result
+        assert_descriptor_valid(descriptor, sorted(schemas))
         root = etree.fromstring(descriptor)
         hrefs = [f.get("{%s}href" % ns) for f in root.iter("{%s}File" % ns)]
         assert hrefs == names[2:]
@@ -167,7 +165,7 @@ def test_ovf_folder_form(make_disk, tmp_path):
     manifest = (folder / "app.mf").read_text()
     for name in ("app.ovf", "app-disk1.vmdk"):
         assert "SHA256(%s)= %s\n" % (name, hashlib.sha256((folder / name).read_bytes()).hexdigest()) in manifest
-    assert schema.validate((folder / "app.ovf").read_bytes())["1.0.0"] == []
+    assert_descriptor_valid((folder / "app.ovf").read_bytes(), ("1.0.0",))
 
 
 @pytest.mark.parametrize("algorithm,length", [("sha1", 40), ("sha512", 128)])

@@ -10,6 +10,7 @@ from . import cert, manifest, source
 from .verify import RULES as VERIFY_RULES  # the package attribute `verify` is the function
 from .ova import tar
 from .ovf import reader as ovf_reader
+from .ovf import validate as ovf_validate
 from .vmdk import reader as vmdk_reader
 
 __all__ = ["ALL_RULES", "render_markdown"]
@@ -21,6 +22,7 @@ SECTIONS: tuple[tuple[str, dict[str, str]], ...] = (
     ("Manifest (manifest.py)", manifest.RULES),
     ("Certificate (cert.py)", cert.RULES),
     ("OVF descriptor (ovf/reader.py)", ovf_reader.RULES),
+    ("OVF structure, verify --strict (ovf/validate.py)", ovf_validate.RULES),
     ("Raw disk sources read by pack and convert (source.py)", source.RULES),
 )
 

@@ -4,7 +4,9 @@ Checks, each a Finding with a rule id (docs/rules.md): the tar layout and member
 (FORMATS.md 2), safe names, every referenced file present with ``ovf:size`` equal to its
 member, the manifest (parsed tolerantly, every digest checked), the certificate (RSA
 PKCS#1 v1.5 over the exact manifest bytes), each VMDK's structure, and the descriptor's
-cross references.  ``strict`` adds XSD validation; ``deep`` inflates every grain.
+cross references.  ``strict`` adds the descriptor's structural validation (ovfstream's own
+rules, plus the DMTF XSDs when installed; ``validators`` says which ran); ``deep`` inflates
+every grain.
 
 Digests: each member's data is read once, front to back, in large reads, at hashlib speed.
 The VMDK structure walk then reads only marker sectors and tables (``deep`` reads the
@@ -24,6 +26,7 @@ from .errors import FormatError, Finding, UnsupportedError, location
 from .manifest import parse_manifest
 from .ovf.reader import parse_descriptor
 from .ovf.summary import Descriptor
+from .ovf.validate import strict_validators
 from .package import Member, Package, open_package
 from .vmdk.reader import VmdkReader
 
@@ -60,6 +63,8 @@ class VerifyResult:
     bytes_hashed: int = 0
     seconds: float = 0.0
     content_ids: dict[str, str] = field(default_factory=dict)
+    # --strict: what judged the descriptor ("structure", "dmtf-xsd 1.1.1", ...)
+    validators: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -78,6 +83,7 @@ class VerifyResult:
                 "hash_gb_per_s": round(self.bytes_hashed / self.seconds / 1e9, 3)
                 if self.seconds else None,
                 "content_ids": self.content_ids,
+                "validators": self.validators,
                 "findings": [f.as_dict() for f in self.findings]}
 
 
@@ -164,6 +170,8 @@ def verify(path: str | os.PathLike[str], *, strict: bool = False, deep: bool = F
         return result
     result.descriptor = descriptor
     result.findings += desc_findings
+    if strict:
+        result.validators = strict_validators(descriptor.namespace, schema_dir)
 
     stem = os.path.splitext(desc_member.name)[0]
     mf_member = pkg.member(stem + ".mf")

@@ -6,9 +6,15 @@ Only VmdkFormatError or UnsupportedError may escape the reader, with bounded mem
 from __future__ import annotations
 
 import io
+import json
 import struct
+import subprocess
+import sys
+import textwrap
+import time
 import tracemalloc
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -402,3 +408,269 @@ def test_extract_leaves_no_partial_on_error(tmp_path: Path) -> None:
 def test_descriptor_text_template_is_utf8() -> None:
     # Guard for the fixture itself: the template must stay ASCII for the encoding test.
     assert DESCRIPTOR.isascii()
+
+
+# -- issue 8: super-linear descriptors, zst output, hostile classes --------------------------
+
+def build_sparse(capacity_sectors: int, grains: dict[int, bytes], *,
+                 descriptor: str | None = None, descriptor_sectors: int = 20) -> bytes:
+    """A spec-layout stream VMDK holding only ``grains`` (LBA -> 64 KiB of data): its cost
+    follows the grains, not the capacity (build_stream walks every grain of the capacity)."""
+    from ovfstream.vmdk.layout import (EOS_SECTOR, GD_AT_END, MARKER_FOOTER, MARKER_GD,
+                                       MARKER_GT)
+    text = (descriptor if descriptor is not None
+            else DESCRIPTOR.format(sectors=capacity_sectors)).encode()
+    assert len(text) <= descriptor_sectors * SECTOR
+    overhead = -(-(1 + descriptor_sectors) // 128) * 128            # whole grains
+    head = dict(capacity_sectors=capacity_sectors, descriptor_sectors=descriptor_sectors,
+                overhead_sectors=overhead)
+    out = bytearray(Header(gd_offset_sectors=GD_AT_END, **head).pack())
+    out += text + bytes(descriptor_sectors * SECTOR - len(text))
+    out += bytes(overhead * SECTOR - len(out))
+    n_spans = -(-(-(-capacity_sectors // 128)) // 512)
+    gd: dict[int, int] = {}
+    spans: dict[int, list[int]] = {}
+    for lba in sorted(grains):
+        spans.setdefault(lba // (128 * 512), []).append(lba)
+    for span, lbas in sorted(spans.items()):
+        gt = [0] * 512
+        for lba in lbas:
+            gt[lba // 128 % 512] = len(out) // SECTOR
+            out += grain_record(lba, zlib.compress(grains[lba]))
+        out += metadata_marker(MARKER_GT, 4)
+        gd[span] = len(out) // SECTOR
+        out += struct.pack("<512I", *gt)
+    gd_sectors = -(-n_spans * 4 // SECTOR)
+    out += metadata_marker(MARKER_GD, gd_sectors)
+    gd_at = len(out) // SECTOR
+    table = bytearray(gd_sectors * SECTOR)
+    for span, sector in gd.items():
+        struct.pack_into("<I", table, span * 4, sector)
+    out += table + metadata_marker(MARKER_FOOTER, 1)
+    out += Header(gd_offset_sectors=gd_at, **head).pack() + EOS_SECTOR
+    return bytes(out)
+
+
+def test_build_sparse_is_a_good_file() -> None:
+    grains = {0: rand(GRAIN_BYTES, 21), 128 * 700: b"x" * GRAIN_BYTES}
+    data = build_sparse(128 * 1000 + 7, grains)
+    read_all(data)
+    with VmdkReader(io.BytesIO(data)) as r:
+        assert dict(r.iter_grains()) == {0: grains[0], 128 * 700: grains[128 * 700]}
+
+
+def run_bounded(code: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run python code in a child: a regression to super-linear time fails at the timeout
+    instead of hanging the run (a regex cannot be interrupted in-process)."""
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pytest.fail("still running after %s s" % timeout)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_descriptor_lines_of_spaces_parse_in_linear_time() -> None:
+    """A line with a million spaces took > 60 s (80k: 12.8 s): backtracking regexes."""
+    run_bounded(textwrap.dedent('''
+        import time
+        from ovfstream.vmdk.reader import Descriptor
+        n = 1_000_000
+        lines = ["RW 1 x" + " " * n + "y", "RW 1 SPARSE \\"a\\"" + " " * n + "z",
+                 "k=b" + " " * n + "c", "a" + " " * n + "=b", "ddb.x = \\"" + " " * n,
+                 "RW" + " " * n + "1" + " " * n + "FLAT"]
+        started = time.perf_counter()
+        d = Descriptor.parse("\\n".join(lines))
+        assert [e.kind for e in d.extents] == ["FLAT"] and len(d.bad_lines) == 2
+        assert d.entries == {"k": "b" + " " * n + "c", "a": "b"} and d.ddb == {"ddb.x": '"'}
+        assert time.perf_counter() - started < 2, time.perf_counter() - started
+    '''), timeout=20)
+
+
+def test_descriptor_of_spaces_through_the_cli(tmp_path: Path) -> None:
+    """The same, end to end: a VMDK whose embedded descriptor is one 1 MB line of spaces."""
+    text = DESCRIPTOR.format(sectors=128 * 8) + "ddb.comment = a" + " " * (1 << 20) + "b\n"
+    path = tmp_path / "spaces.vmdk"
+    path.write_bytes(build_sparse(128 * 8, {0: b"q" * GRAIN_BYTES}, descriptor=text,
+                                  descriptor_sectors=-(-len(text) // SECTOR)))
+    for command in ("verify", "inspect"):
+        try:
+            proc = subprocess.run([sys.executable, "-m", "ovfstream", command, str(path)],
+                                  capture_output=True, text=True, timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("%s: still running after 30 s" % command)
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_extent_with_a_huge_number_is_a_finding() -> None:
+    """int() of a 5000-digit sector count raised ValueError (a traceback); now the line is
+    simply not an extent."""
+    text = DESCRIPTOR.format(sectors="9" * 5000)
+    data = build_sparse(128 * 8, {0: b"q" * GRAIN_BYTES}, descriptor=text)
+    expect("vmdk.descriptor.extent", data)
+
+
+# zstd output -------------------------------------------------------------------------------
+
+ZST_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def zst_frames(data: bytes) -> Iterator[tuple[int, bytes | None]]:
+    """(decoded size, decoded bytes or None for an all-zero RLE frame) per frame, walking the
+    frame and block headers of RFC 8878 ourselves; RLE frames are checked without decoding."""
+    import zstandard
+    pos = 0
+    while pos < len(data):
+        assert data[pos:pos + 4] == ZST_MAGIC, pos
+        fhd = data[pos + 4]
+        fcs_size = {0: 1 if fhd & 0x20 else 0, 1: 2, 2: 4, 3: 8}[fhd >> 6]
+        did_size = {0: 0, 1: 1, 2: 2, 3: 4}[fhd & 3]
+        start = pos
+        pos += 5 + (0 if fhd & 0x20 else 1) + did_size
+        fcs = int.from_bytes(data[pos:pos + fcs_size], "little") if fcs_size else None
+        if fcs_size == 2:
+            fcs += 256                                  # type: ignore[operator]
+        pos += fcs_size
+        first = int.from_bytes(data[pos:pos + 3], "little")
+        if fcs is not None and (first >> 1) & 3 == 1 and data[pos + 3] == 0:
+            # an RLE frame of zeros: every block must be RLE of 0x00, 128 KiB but the last
+            n_blocks = -(-fcs // (128 << 10))
+            last = fcs - (n_blocks - 1) * (128 << 10)
+            block = ((128 << 10) << 3 | 2).to_bytes(3, "little") + b"\0"
+            tail = (last << 3 | 3).to_bytes(3, "little") + b"\0"
+            end = pos + 4 * n_blocks
+            assert data[pos:end - 4] == block * (n_blocks - 1) and data[end - 4:end] == tail
+            pos = end
+            yield fcs, None
+            continue
+        while True:
+            header = int.from_bytes(data[pos:pos + 3], "little")
+            kind, size = (header >> 1) & 3, header >> 3
+            pos += 3 + (1 if kind == 1 else size)
+            if header & 1:
+                break
+        pos += 4 if fhd & 4 else 0
+        out = zstandard.ZstdDecompressor().decompressobj().decompress(data[start:pos])
+        assert fcs is None or fcs == len(out)
+        yield len(out), out
+
+
+def check_zst(data: bytes, capacity_bytes: int, grains: dict[int, bytes]) -> int:
+    """The frames decode to the disk: the grains at their LBAs, zeros elsewhere; returns the
+    number of frames."""
+    by_offset = sorted((lba * SECTOR, g) for lba, g in grains.items())
+    pos = 0
+    frames = 0
+    for size, decoded in zst_frames(data):
+        frames += 1
+        inside = [(o, g) for o, g in by_offset if o < pos + size and o + len(g) > pos]
+        if decoded is None:
+            assert not [g for o, g in inside if g.count(0) != len(g)], (pos, size)
+        else:
+            expected = bytearray(size)
+            for o, g in inside:
+                part = g[max(0, pos - o):pos + size - o]
+                at = max(0, o - pos)
+                expected[at:at + len(part)] = part
+            assert decoded == bytes(expected), pos
+        pos += size
+    assert pos == capacity_bytes
+    return frames
+
+
+def test_zst_of_4_tib_declared_follows_the_data(tmp_path: Path) -> None:
+    """A 600 KB VMDK declaring 4 TiB took 521 s as zst (time grew with the capacity): holes
+    are now frames of RLE blocks written without touching the zeros."""
+    capacity = (4 << 40) // SECTOR
+    step = capacity // 10 // 128 * 128
+    grains = {i * step: bytes([0x41 + i]) * GRAIN_BYTES for i in range(10)}
+    grains[128 * 3] = rand(GRAIN_BYTES, 31)                         # close together: one
+    grains[128 * 5] = rand(GRAIN_BYTES, 32)                         # compressor frame
+    data = build_sparse(capacity, grains)
+    assert len(data) < 800_000                                      # the GD is 512 KiB
+    src = tmp_path / "big.vmdk"
+    src.write_bytes(data)
+    # in a child, through the CLI: a regression (minutes) fails at the timeout; ~0.1 s now
+    try:
+        proc = subprocess.run([sys.executable, "-m", "ovfstream", "extract", str(src), "-o",
+                               str(tmp_path / "big.zst"), "--format", "zst", "--json"],
+                              capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("extract --format zst of 4 TiB declared: still running after 30 s")
+    assert proc.returncode == 0, proc.stderr
+    disk = json.loads(proc.stdout)["disks"][0]
+    assert disk["capacity_bytes"] == 4 << 40 and disk["grains"] == len(grains)
+    out = (tmp_path / "big.zst").read_bytes()
+    assert len(out) < (4 << 40) // (128 << 10) * 4 + (1 << 20)   # 4 bytes per 128 KiB of hole
+    assert check_zst(out, 4 << 40, grains) < 2 * len(grains) + 2
+
+
+@pytest.mark.interop
+def test_zst_frames_read_by_the_zstd_tool(tmp_path: Path) -> None:
+    """zstd -d reads the concatenated frames back into exactly the disk (partial last grain,
+    holes longer and shorter than the frame cut, zero-written grains)."""
+    from ovfs_testlib import tool
+    from ovfstream.vmdk.reader import extract_zst
+    import random
+    rng = random.Random(5)
+    capacity = (96 << 20) // SECTOR + 3
+    clusters = [0, 100, 700, 760, 1400]                  # grain numbers; 64 KiB each
+    picked = sorted({c + rng.randrange(90) for c in clusters for _ in range(25)}
+                    | {capacity // 128})
+    grains = {g * 128: (rng.randbytes(GRAIN_BYTES) if rng.random() < 0.5 else
+                        bytes([rng.randrange(256)]) * GRAIN_BYTES) for g in picked}
+    src = tmp_path / "d.vmdk"
+    src.write_bytes(build_sparse(capacity, grains))
+    with VmdkReader(src) as r:
+        extract_zst(r, tmp_path / "d.zst", level=1)
+    raw = bytearray(capacity * SECTOR)
+    for lba, g in grains.items():
+        raw[lba * SECTOR:lba * SECTOR + len(g)] = g[:len(raw) - lba * SECTOR]
+    proc = subprocess.run([tool("zstd"), "-dc", str(tmp_path / "d.zst")], capture_output=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == bytes(raw)
+    assert check_zst((tmp_path / "d.zst").read_bytes(), len(raw), grains) > 2
+
+
+def second_grain_corrupt() -> bytes:
+    """GOOD with the second grain's deflate payload damaged: the first grain is fine."""
+    start = BUILT.grains[LBAS[1]]
+    size = struct.unpack_from("<I", GOOD, start + 8)[0]
+    data = bytearray(GOOD)
+    data[start + 12 + size // 2] ^= 0xFF
+    return bytes(data)
+
+
+def test_zst_format_error_after_the_first_grain(tmp_path: Path) -> None:
+    """The error after the first grain came out as zstandard.ZstdError (the frame was closed
+    on the way out with fewer bytes than its declared size); now it is the FormatError."""
+    from ovfstream.vmdk.reader import extract_zst
+    src = tmp_path / "c.vmdk"
+    src.write_bytes(second_grain_corrupt())
+    with VmdkReader(src) as r, pytest.raises(VmdkFormatError) as info:
+        extract_zst(r, tmp_path / "c.zst")
+    assert info.value.rule == "vmdk.grain.inflate"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.vmdk"]
+
+
+def test_zst_interrupted_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C after the first grain (KeyboardInterrupt raised inside the walk, as SIGINT
+    does): the interruption goes on as itself and nothing is left."""
+    from ovfstream.vmdk.reader import extract_zst
+    src = tmp_path / "g.vmdk"
+    src.write_bytes(GOOD)
+
+    original = VmdkReader.iter_grains
+
+    def grains_then_interrupt(self: VmdkReader) -> Iterator[tuple[int, bytes]]:
+        walk = original(self)
+        yield next(walk)
+        yield next(walk)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(VmdkReader, "iter_grains", grains_then_interrupt)
+    with VmdkReader(src) as r, pytest.raises(KeyboardInterrupt):
+        extract_zst(r, tmp_path / "g.zst")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["g.vmdk"]

@@ -33,7 +33,8 @@ are accepted; a declared ``encoding="utf-16"`` on 8-bit bytes (XenServer's XenOV
 UTF-8 with a warning.  What is wrong but survivable becomes a :class:`~ovfstream.errors.Finding`;
 only input that is not an XML OVF envelope at all raises :class:`~ovfstream.errors.OvfFormatError`.
 
-Strict mode additionally validates against the DMTF XSDs (:mod:`.schema`) and reports each
+Strict mode additionally runs ovfstream's own structural rules (:mod:`.validate`, always:
+``ovf.struct.*`` findings) and, when the DMTF XSDs are installed (:mod:`.schema`), reports each
 schema error as an ``ovf.xsd`` finding.
 """
 
@@ -49,7 +50,7 @@ from collections.abc import Container, Iterator, Mapping
 from lxml import etree
 
 from ..errors import Finding, OvfFormatError, Severity, location
-from . import schema
+from . import schema, validate
 from .summary import (
     DeploymentOption,
     Descriptor,
@@ -909,8 +910,9 @@ def parse_descriptor(data: bytes, *, path: str, strict: bool = False,
     Returns the summary and the findings (errors that did not stop reading, warnings, infos).
     Raises :class:`OvfFormatError` (``ovf.xml.size``, ``ovf.xml.dtd``, ``ovf.xml.syntax``,
     ``ovf.envelope``) when the bytes are not a readable OVF envelope at all.  ``strict`` adds
-    XSD validation (``ovf.xsd`` findings); it raises :class:`~ovfstream.errors.UnsupportedError`
-    when the DMTF schemas cannot be found (see :func:`.schema.find_schema_dir`).
+    the structural rules (``ovf.struct.*``) and the DMTF XSDs when installed (``ovf.xsd``);
+    it raises :class:`~ovfstream.errors.UnsupportedError` only when a schema folder named by
+    ``schema_dir`` or ``$OVFSTREAM_SCHEMA_DIR`` holds no schema.
     """
     data = bytes(data)
     if len(data) > max_bytes:
@@ -977,7 +979,12 @@ def _validate(doc: _Doc, version: str, schema_dir: str | os.PathLike[str] | None
         doc.add("ovf.xsd", "info", "no DMTF schema exists for namespace %r; not validated"
                 % doc.ns[:200])
         return
-    results = schema.validate(doc.root, schema_dir=schema_dir)
+    # Our own structural rules always; the DMTF XSDs on top when they are installed.
+    doc.findings.extend(validate.check_findings(doc.root, path=doc.path))
+    _, versions = schema.versions_for(doc.ns, schema_dir)
+    if not versions:
+        return
+    results = schema.validate(doc.root, versions=versions, schema_dir=schema_dir)
     for schema_version, errors in results.items():
         for line in errors[:_MAX_XSD_FINDINGS]:
             doc.findings.append(Finding("ovf.xsd", "error", location(doc.path), None,
