@@ -98,11 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("package", help="an .ova, an .ovf (its folder holds the rest), a package "
                                    "folder, or a .vmdk")
     p.add_argument("--strict", action="store_true",
-                   help="also validate the descriptor against the DMTF OVF XSDs")
+                   help="also validate the descriptor's structure (built-in DSP0243 rules; "
+                        "plus the DMTF OVF XSDs when installed)")
     p.add_argument("--deep", action="store_true",
                    help="also inflate every grain: content id, populated size")
-    p.add_argument("--schema-dir", help="folder with ovf-1.0.0/, ovf-1.1.1/, ovf-2.0.1/ "
-                                        "(default: $OVFSTREAM_SCHEMA_DIR or the source tree's)")
+    p.add_argument("--schema-dir", help="folder with the DMTF XSDs (ovf-1.0.0/, ovf-1.1.1/, "
+                                        "ovf-2.0.1/) for --strict; default: "
+                                        "$OVFSTREAM_SCHEMA_DIR, then "
+                                        "$XDG_DATA_HOME/ovfstream/ovf-schemas, then "
+                                        "../shared/ovf-schemas beside a source checkout")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="print errors only")
 
