@@ -39,12 +39,16 @@ class Package:
     members: list[Member]
     descriptor: Member
     findings: list[Finding] = field(default_factory=list)
+    # name -> member: a lookup per File reference must not scan the list (N x N for N files)
+    _by_name: dict[str, Member] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._by_name = {}
+        for m in self.members:
+            self._by_name.setdefault(m.name, m)
 
     def member(self, name: str) -> Member | None:
-        for m in self.members:
-            if m.name == name:
-                return m
-        return None
+        return self._by_name.get(name)
 
     def location(self, member: Member | None = None) -> str:
         return self.path + (":" + member.name if member is not None and self.form == "ova" else "")

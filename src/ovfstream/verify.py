@@ -208,7 +208,8 @@ def verify(path: str | os.PathLike[str], *, strict: bool = False, deep: bool = F
             result.findings += mf_findings
         except FormatError as exc:
             result.findings.append(exc.finding())
-    to_hash = [m for m in pkg.members if m.name in {e.name for e in entries}]
+    entry_names = {e.name for e in entries}
+    to_hash = [m for m in pkg.members if m.name in entry_names]
     algorithms = {e.algorithm for e in entries}
     digests = _hash_members(pkg, to_hash, algorithms) if to_hash else {}
     result.bytes_hashed = sum(m.size for m in to_hash)
