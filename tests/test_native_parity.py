@@ -91,7 +91,8 @@ def _native_encoder(level: int):
 @given(kinds=st.lists(st.integers(0, 3), min_size=0, max_size=12), seed=st.integers(0, 2**32),
        level=st.integers(1, 3))
 def test_native_isal_span_encoder_parity(kinds, seed, level):
-    """The GIL-free encoder gives the callable path's bytes (isal_zlib.compress, xxh3_64)."""
+    """The GIL-free encoder gives the callable path's bytes (engine.compress: one grain at a
+    time through a per-thread stream state, xxh3_64)."""
     span = _span(kinds, seed)
     engine = get_engine("isal", level)
     a = _native_encoder(level).encode_span(span, 128 * 512 * 3, len(kinds))

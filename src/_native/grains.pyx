@@ -189,6 +189,67 @@ cdef extern from *:
     typedef int (*ovfs_deflate_fn)(ovfs_isal_zstream *);
     typedef uint32_t (*ovfs_adler32_fn)(uint32_t, const unsigned char *, uint64_t);
     typedef uint64_t (*ovfs_xxh3_fn)(const void *, size_t);
+
+    #include <sys/mman.h>
+    #ifndef MAP_ANONYMOUS
+    #define MAP_ANONYMOUS MAP_ANON
+    #endif
+    #if defined(__linux__) && !defined(MAP_FIXED_NOREPLACE)
+    #define MAP_FIXED_NOREPLACE 0x100000
+    #endif
+    #ifndef MAP_FIXED_NOREPLACE
+    #define MAP_FIXED_NOREPLACE 0   /* a plain hint; the address is checked below */
+    #endif
+
+    /* The hash table bucket ISA-L's level 1-2 deflate body takes for the third byte of a new
+       stream: CRC-32C (the x86 crc32 instruction, 32-bit operand, seed 0) of bits 16..47 of
+       the isal_zstream's address, masked to the level's table (see IsalStream). */
+    static uint32_t ovfs_stream_bucket(uintptr_t address, uint32_t mask) {
+        uint32_t value = (uint32_t)(address >> 16), crc = 0;
+        int i, bit;
+        for (i = 0; i < 4; i++) {
+            crc ^= (value >> (8 * i)) & 0xffu;
+            for (bit = 0; bit < 8; bit++)
+                crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
+        }
+        return crc & mask;
+    }
+
+    /* An anonymous read-write mapping of `size` bytes at a 64 KiB-aligned address whose
+       bucket is `bucket`: the nearest such address to where the kernel would put it that is
+       free.  NULL when none is found (or the kernel refuses every one). */
+    static void *ovfs_map_stream(size_t size, uint32_t mask, uint32_t bucket) {
+        const uintptr_t step = 0x10000, low = (uintptr_t)1 << 32;
+        const uintptr_t high = ((uintptr_t)1 << 47) - (uintptr_t)size - step;  /* user space */
+        void *probe = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        uintptr_t start, candidate;
+        long k;
+        int side;
+        if (probe == MAP_FAILED)
+            return NULL;
+        start = (uintptr_t)probe & ~(step - 1);
+        munmap(probe, size);
+        for (k = 0; k < (1L << 20); k++) {
+            for (side = 0; side < 2; side++) {
+                void *got;
+                if (k == 0 && side)
+                    continue;
+                candidate = side ? start - (uintptr_t)k * step : start + (uintptr_t)k * step;
+                if (candidate < low || candidate > high
+                        || ovfs_stream_bucket(candidate, mask) != bucket)
+                    continue;
+                got = mmap((void *)candidate, size, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+                if (got == MAP_FAILED)
+                    continue;
+                if ((uintptr_t)got == candidate)
+                    return got;
+                munmap(got, size);  /* the kernel took it as a hint and went elsewhere */
+            }
+        }
+        return NULL;
+    }
+    static void ovfs_unmap_stream(void *stream, size_t size) { munmap(stream, size); }
     """
     ctypedef struct ovfs_isal_zstream:
         uint8_t *next_in
@@ -209,6 +270,9 @@ cdef extern from *:
     ctypedef int (*ovfs_deflate_fn)(ovfs_isal_zstream *) noexcept nogil
     ctypedef uint32_t (*ovfs_adler32_fn)(uint32_t, const unsigned char *, uint64_t) noexcept nogil
     ctypedef uint64_t (*ovfs_xxh3_fn)(const void *, size_t) noexcept nogil
+    uint32_t ovfs_stream_bucket(uintptr_t address, uint32_t mask) noexcept nogil
+    void *ovfs_map_stream(size_t size, uint32_t mask, uint32_t bucket) noexcept nogil
+    void ovfs_unmap_stream(void *stream, size_t size) noexcept nogil
 
 
 
@@ -220,6 +284,65 @@ DEF HIST_BITS = 15
 _LEVEL_BUF_BYTES = {1: 4096 + 2 * 8192 + 4 * 65536,
                     2: 4096 + 2 * 32768 + 4 * 65536,
                     3: 4096 + 4 * 4096 + 2 * 32768 + 4 * 65536}
+# Hash-table masks of levels 1 and 2 (IGZIP_LVL1_HASH_SIZE 8 Ki, IGZIP_LVL2_HASH_SIZE 32 Ki
+# entries); level 3 takes another body that does not read the stream's address.
+_STREAM_BUCKET_MASK = {1: 8191, 2: 32767, 3: 0}
+# Every stream sits at an address of this bucket (see IsalStream).
+STREAM_BUCKET = 0
+
+
+cdef class IsalStream:
+    """One ISA-L deflate stream state and its level buffer, at a chosen kind of address.
+
+    ISA-L 2.x levels 1 and 2 (igzip_icf_body_h1_gr_bt.asm, ``.write_first_byte``, every x86
+    variant) hash the third byte of a new stream from a register that holds the address of
+    the ``isal_zstream`` instead of the data: byte 2 is looked up in, and inserted into, the
+    hash bucket CRC-32C(bits 16..47 of that address) & mask.  The compressed bytes (never the
+    data they inflate to) therefore depend on where the state lies in memory -- on the heap's
+    history, the thread, ASLR.  Here every state is mapped at a 64 KiB-aligned address whose
+    bucket is ``bucket`` (STREAM_BUCKET), so every thread and every process gets the same
+    bytes for the same grain.  Not thread-safe: one stream per thread.
+    """
+
+    cdef ovfs_isal_zstream *zst
+    cdef uint8_t *level_buf
+    cdef readonly uint32_t level
+    cdef readonly uint32_t bucket
+    cdef uint32_t level_buf_bytes
+
+    def __cinit__(self, int level, uint32_t bucket=STREAM_BUCKET):
+        if level not in _LEVEL_BUF_BYTES:
+            raise ValueError("ISA-L level %r: allowed 1..3" % level)
+        cdef uint32_t mask = _STREAM_BUCKET_MASK[level]
+        if bucket > mask:
+            raise ValueError("bucket %d: the level-%d table has %d" % (bucket, level, mask + 1))
+        self.level = level
+        self.bucket = bucket
+        self.level_buf_bytes = _LEVEL_BUF_BYTES[level]
+        with nogil:
+            self.zst = <ovfs_isal_zstream *>ovfs_map_stream(sizeof(ovfs_isal_zstream), mask,
+                                                            bucket)
+        self.level_buf = <uint8_t *>malloc(self.level_buf_bytes)
+        if self.zst == NULL or self.level_buf == NULL:
+            raise MemoryError("no room for an ISA-L stream state at a bucket-%d address" % bucket)
+
+    def __dealloc__(self):
+        if self.zst != NULL:
+            ovfs_unmap_stream(self.zst, sizeof(ovfs_isal_zstream))
+            self.zst = NULL
+        free(self.level_buf)
+        self.level_buf = NULL
+
+    @property
+    def address(self):
+        """Where the state lies (tests check its bucket)."""
+        return <uintptr_t>self.zst
+
+
+def stream_bucket(uintptr_t address, uint32_t mask):
+    """The bucket ISA-L levels 1-2 take for a new stream's third byte when the stream state
+    lies at ``address`` (see IsalStream)."""
+    return ovfs_stream_bucket(address, mask)
 
 
 cdef class IsalSpanEncoder:
@@ -229,7 +352,7 @@ cdef class IsalSpanEncoder:
     cdef ovfs_deflate_fn deflate
     cdef ovfs_adler32_fn adler32
     cdef ovfs_xxh3_fn xxh3
-    cdef uint32_t level
+    cdef readonly uint32_t level
     cdef uint32_t level_buf_bytes
 
     def __init__(self, uintptr_t deflate_init, uintptr_t deflate, uintptr_t adler32,
@@ -244,6 +367,17 @@ cdef class IsalSpanEncoder:
         self.xxh3 = <ovfs_xxh3_fn>xxh3
         self.level = level
         self.level_buf_bytes = _LEVEL_BUF_BYTES[level]
+
+    def new_stream(self, uint32_t bucket=STREAM_BUCKET):
+        """A stream state for this encoder's level, for one thread to reuse span after span."""
+        return IsalStream(self.level, bucket)
+
+    cdef IsalStream _stream_for(self, stream):
+        if stream is None:
+            return IsalStream(self.level)
+        if not isinstance(stream, IsalStream) or (<IsalStream>stream).level != self.level:
+            raise ValueError("a stream of this encoder's level (%d) is needed" % self.level)
+        return <IsalStream>stream
 
     cdef int _compress(self, ovfs_isal_zstream *zst, uint8_t *level_buf, const uint8_t *grain,
                        uint8_t *out, uint32_t room, uint32_t *n_out) noexcept nogil:
@@ -277,24 +411,18 @@ cdef class IsalSpanEncoder:
             return -3
         return 0
 
-    def compress_grain(self, const uint8_t[::1] grain not None):
-        """One grain through the native path (for the parity self-test)."""
+    def compress_grain(self, const uint8_t[::1] grain not None, stream=None):
+        """One grain through the native path (the engine's per-grain callable and the
+        start-up self-test); ``stream`` from new_stream(), else a fresh one."""
         if grain.shape[0] != GRAIN_BYTES:
             raise ValueError("a grain is %d bytes" % GRAIN_BYTES)
-        cdef ovfs_isal_zstream *zst = <ovfs_isal_zstream *>malloc(sizeof(ovfs_isal_zstream))
-        cdef uint8_t *level_buf = <uint8_t *>malloc(self.level_buf_bytes)
+        cdef IsalStream st = self._stream_for(stream)
         out = bytearray(MAX_PAYLOAD)
         cdef uint8_t *o = <uint8_t *>PyByteArray_AS_STRING(out)
         cdef uint32_t n = 0
         cdef int rc
-        if zst == NULL or level_buf == NULL:
-            free(zst)
-            free(level_buf)
-            raise MemoryError()
         with nogil:
-            rc = self._compress(zst, level_buf, &grain[0], o, MAX_PAYLOAD, &n)
-        free(zst)
-        free(level_buf)
+            rc = self._compress(st.zst, st.level_buf, &grain[0], o, MAX_PAYLOAD, &n)
         if rc != 0:
             raise ValueError("ISA-L deflate failed (%d)" % rc)
         return bytes(out[:n])
@@ -306,20 +434,21 @@ cdef class IsalSpanEncoder:
         return h
 
     def encode_span(self, const uint8_t[::1] span not None, uint64_t first_lba,
-                    Py_ssize_t n_grains):
-        """Same contract and bytes as encode_span(span, first_lba, n_grains, isal-level,
+                    Py_ssize_t n_grains, stream=None):
+        """Same contract and bytes as encode_span(span, first_lba, n_grains, compress_grain,
         xxh3_64); the GIL is released for the whole span."""
         framed = PyByteArray_FromStringAndSize(NULL, SPAN_GRAINS * MAX_FRAMED)
         n_framed, gt_rel, prints, payload_total = self.encode_span_into(
-            framed, span, first_lba, n_grains)
+            framed, span, first_lba, n_grains, stream)
         PyByteArray_Resize(framed, n_framed)
         return framed, gt_rel, prints, payload_total
 
     def encode_span_into(self, uint8_t[::1] out not None, const uint8_t[::1] span not None,
-                         uint64_t first_lba, Py_ssize_t n_grains):
+                         uint64_t first_lba, Py_ssize_t n_grains, stream=None):
         """encode_span into a caller-owned buffer of at least SPAN_FRAMED_BYTES, so that
-        buffers are reused instead of faulted in afresh for every span.  Returns
-        (framed bytes used, gt_rel, prints, payload_bytes)."""
+        buffers are reused instead of faulted in afresh for every span; ``stream`` is the
+        calling thread's IsalStream (a fresh one when None).  Returns (framed bytes used,
+        gt_rel, prints, payload_bytes)."""
         cdef uint8_t zero_flags[512]
         cdef Py_ssize_t i, n_data = _scan_span(span, n_grains, zero_flags)
         cdef const uint8_t* base = &span[0] if span.shape[0] else NULL
@@ -335,20 +464,14 @@ cdef class IsalSpanEncoder:
         cdef uint64_t lba
         cdef uint32_t n_payload = 0
         cdef int rc = 0
-        cdef ovfs_isal_zstream *zst = NULL
-        cdef uint8_t *level_buf = NULL
-        if n_data:
-            zst = <ovfs_isal_zstream *>malloc(sizeof(ovfs_isal_zstream))
-            level_buf = <uint8_t *>malloc(self.level_buf_bytes)
-            if zst == NULL or level_buf == NULL:
-                free(zst)
-                free(level_buf)
-                raise MemoryError()
+        if not n_data:
+            return 0, bytes(gt_rel), bytes(prints), 0
+        cdef IsalStream st = self._stream_for(stream)
         with nogil:
             for i in range(n_grains):
                 if zero_flags[i]:
                     continue
-                rc = self._compress(zst, level_buf, base + i * GRAIN_BYTES,
+                rc = self._compress(st.zst, st.level_buf, base + i * GRAIN_BYTES,
                                     dst + pos + MARKER_BYTES, MAX_PAYLOAD, &n_payload)
                 if rc != 0:
                     failed_at = i
@@ -361,8 +484,6 @@ cdef class IsalSpanEncoder:
                 k += 1
                 pos += framed_len
                 payload_total += n_payload
-        free(zst)
-        free(level_buf)
         if failed_at >= 0:
             raise ValueError("ISA-L deflate failed (%d) on grain %d of the span" % (rc, failed_at))
         return pos, bytes(gt_rel), bytes(prints), payload_total

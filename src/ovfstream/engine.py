@@ -13,6 +13,7 @@ import functools
 import os
 import random
 import sys
+import threading
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -69,14 +70,34 @@ def get_engine(name: str = "isal", level: int | None = None) -> Engine:
     if name == "isal":
         if _isal_zlib is None:
             raise UsageError("--engine isal: the isal package is not installed; use --engine zlib")
-        compress = functools.partial(_isal_zlib.compress, level=level)
         encoder, why_not = _native_isal_encoder(level)
+        if encoder is not None:
+            compress: Callable[[memoryview], bytes] = _per_thread_compress(encoder)
+        else:
+            # python-isal keeps the stream state on the C stack, so ISA-L's use of its address
+            # (see _grains.IsalStream) reaches the bytes: not reproducible.
+            compress = functools.partial(_isal_zlib.compress, level=level)
         return Engine("isal", level, "isal %s (ISA-L %s)" % (_isal.__version__, _isal_c_version()),
-                      compress, level <= 2,  # levels 1-2: same bytes on every x86 code path
+                      compress,
+                      # levels 1-2: the same bytes on every x86 code path and every run, with
+                      # the stream states the native encoder places (level 3 varies by CPU)
+                      level <= 2 and encoder is not None,
                       encoder, why_not)
     return Engine("zlib", level, "zlib %s" % zlib.ZLIB_RUNTIME_VERSION,
                   functools.partial(zlib.compress, level=level), True)
 
+
+
+def _per_thread_compress(encoder: Any) -> Callable[[memoryview], bytes]:
+    """encoder.compress_grain with one stream state per calling thread."""
+    local = threading.local()
+
+    def compress(grain: memoryview) -> bytes:
+        stream = getattr(local, "stream", None)
+        if stream is None:
+            stream = local.stream = encoder.new_stream()
+        return encoder.compress_grain(grain, stream)
+    return compress
 
 
 def _isal_c_version() -> str:
@@ -98,9 +119,11 @@ def _native_isal_encoder(level: int) -> tuple[Any, str | None]:
     """(the GIL-free span encoder for ISA-L ``level``, None), or (None, why it cannot be
     used): the callable path then gives the same bytes, slower, and the CLI says why.
 
-    It calls the isal and xxhash packages' own C entry points; before it is trusted it
-    must give exactly isal_zlib.compress's bytes on sample grains (text, random, sparse).
-    OVFSTREAM_NATIVE_ENGINE=0 turns it off.
+    It calls the isal and xxhash packages' own C entry points.  Before it is trusted, on
+    sample grains (random, text, sparse, periodic): every grain inflates back to itself;
+    the random one (no matches, so the stream's address cannot matter) gives exactly
+    isal_zlib.compress's bytes; two stream states at different addresses give the same
+    bytes; fingerprints equal xxhash's.  OVFSTREAM_NATIVE_ENGINE=0 turns it off.
     """
     if os.environ.get("OVFSTREAM_NATIVE_ENGINE", "1") == "0":
         return None, "turned off by OVFSTREAM_NATIVE_ENGINE=0"
@@ -123,15 +146,21 @@ def _native_isal_encoder(level: int) -> tuple[Any, str | None]:
         return None, ("the isal/xxhash packages do not export the C entry points it calls "
                       "(%s: %s)" % (type(exc).__name__, exc))
     rng = random.Random(level)
-    samples = [rng.randbytes(65536), (b"ovfstream grain %d\n" * 4000)[:65536],
+    incompressible = rng.randbytes(65536)
+    samples = [incompressible, (b"ovfstream grain %d\n" * 4000)[:65536],
                bytes(65535) + b"\x01", bytes(range(256)) * 256]
-    for grain in samples:
-        try:
-            same = (encoder.compress_grain(grain) == _isal_zlib.compress(grain, level=level)
-                    and encoder.fingerprint(grain) == xxhash.xxh3_64_intdigest(grain))
-        except ValueError as exc:
-            return None, "its start-up self-test failed (%s)" % exc
-        if not same:
+    try:
+        first, second = encoder.new_stream(), encoder.new_stream()
+        for grain in samples:
+            out = encoder.compress_grain(grain, first)
+            if (zlib.decompress(out) != grain or encoder.compress_grain(grain, second) != out
+                    or encoder.fingerprint(grain) != xxhash.xxh3_64_intdigest(grain)):
+                return None, ("its start-up self-test failed (isal %s, ISA-L %s)"
+                              % (_isal.__version__, _isal_c_version()))
+        if encoder.compress_grain(incompressible, first) != _isal_zlib.compress(
+                incompressible, level=level):
             return None, ("its start-up self-test gave bytes other than isal_zlib.compress "
                           "(isal %s, ISA-L %s)" % (_isal.__version__, _isal_c_version()))
+    except (ValueError, MemoryError, zlib.error) as exc:
+        return None, "its start-up self-test failed (%s)" % exc
     return encoder, None

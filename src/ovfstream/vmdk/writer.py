@@ -181,10 +181,13 @@ def write_stream_vmdk(source: RawSource, write: Write, *, file_name: str, engine
         view = source.read_span(plan, buf)
         first_lba = plan.index * L.SPAN_GRAINS * L.GRAIN_SECTORS
         if native is not None:  # whole span without the GIL; same bytes (engine.py)
+            stream = getattr(local, "stream", None)
+            if stream is None:  # this thread's ISA-L state, at a fixed kind of address
+                stream = local.stream = native.new_stream()
             with pool_lock:
                 out = pool.pop() if pool else mmap.mmap(-1, _codec.SPAN_FRAMED_BYTES)
             n, gt_rel, prints, payload = native.encode_span_into(out, view, first_lba,
-                                                                 plan.n_grains)
+                                                                 plan.n_grains, stream)
             return plan, out, n, gt_rel, prints, payload
         framed, gt_rel, prints, payload = _codec.encode_span(
             view, first_lba, plan.n_grains, compress, fingerprint)
