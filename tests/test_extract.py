@@ -5,6 +5,7 @@ decompresses to the raw; outputs are atomic; hostile packages write nothing, any
 from __future__ import annotations
 
 import filecmp
+import importlib
 import json
 import os
 import tarfile
@@ -199,11 +200,13 @@ def test_corrupt_disk_leaves_no_partial(small: Built, tmp_path: Path,
         extract(path, out, format=fmt)
     assert info.value.rule == "vmdk.grain.inflate"
     assert info.value.path == str(path) and info.value.member == "small-disk1.vmdk"
-    # what was whole before the failure is there; the disk is not, under any name
-    assert listing(out) == ["small.mf", "small.ovf"]
+    # all or nothing: not the descriptor and manifest that were whole before the failure
+    # (they were left behind), not the folder extract created
+    assert not out.exists()
     code, _o, err = run_cli(capsys, "extract", path, "-o", tmp_path / "cli", "--format", fmt)
     assert code == 1 and "[vmdk.grain.inflate]" in err
-    assert listing(tmp_path / "cli") == ["small.mf", "small.ovf"]
+    assert not (tmp_path / "cli").exists()
+    assert listing(tmp_path) == ["pkg", "pkg/small.ova"]
 
 
 @pytest.mark.parametrize("case", ["inflate-bomb", "footer-gd-past-eof"])
@@ -215,7 +218,7 @@ def test_hostile_vmdk_member_leaves_no_partial(small: Built, tmp_path: Path, cas
         with pytest.raises(VmdkFormatError) as info:
             extract(path, out, format=fmt)
         assert info.value.rule == rule
-        assert listing(out) == ["small.mf", "small.ovf"]
+        assert not out.exists()
 
 
 def test_bad_grain_directory_does_not_matter_to_extract(small: Built, tmp_path: Path) -> None:
@@ -310,3 +313,74 @@ def test_usage_errors(small: Built, tmp_path: Path, capsys: pytest.CaptureFixtur
     code, _o, err = run_cli(capsys, "extract", tmp_path / "missing.ova", "-o", tmp_path / "o")
     assert code == 1 and "missing.ova" in err and not (tmp_path / "o").exists()
     assert os.listdir(tmp_path) == ["file"]
+
+
+# -- all or nothing (issue 8, item 11) --------------------------------------------------------
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("fmt", ["raw", "zst", "vmdk"])
+def test_failed_extract_leaves_an_existing_folder_as_it_was(small: Built, tmp_path: Path,
+                                                            fmt: str) -> None:
+    """A folder that existed (with files, one of them named like an output) is exactly as it
+    was after a failed extract: no new file, no temporary, the old small.ovf not replaced."""
+    path = corrupt_disk_ova(tmp_path / "pkg", small)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_bytes(b"mine\n")
+    (out / "small.ovf").write_bytes(b"an older descriptor\n")
+    before = tree(out)
+    if fmt == "vmdk":   # nothing inflates: fail while writing instead (the last member)
+        with pytest.raises(OSError):
+            _fail_on_last_copy(path, out)
+    else:
+        with pytest.raises(VmdkFormatError):
+            extract(path, out, format=fmt)
+    assert tree(out) == before and sorted(os.listdir(out)) == ["keep.txt", "small.ovf"]
+
+
+def _fail_on_last_copy(path: Path, out: Path) -> None:
+    module = importlib.import_module("ovfstream.extract")   # the package attribute is the function
+    real = module._copy_exact
+    calls = []
+
+    def copy(src, dst, n):  # type: ignore[no-untyped-def]
+        calls.append(n)
+        if len(calls) == 3:
+            raise OSError(28, "No space left on device")
+        real(src, dst, n)
+
+    module._copy_exact = copy
+    try:
+        extract(path, out, format="vmdk")
+    finally:
+        module._copy_exact = real
+
+
+def test_interrupted_extract_leaves_nothing(small: Built, tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C (or SIGTERM, which unwinds the same way) while the disk is inflated: neither the
+    descriptor and manifest already written nor the folders created are left."""
+    from ovfstream.vmdk.reader import VmdkReader
+
+    def interrupted(self):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+        yield  # a generator, as the real walk
+
+    monkeypatch.setattr(VmdkReader, "iter_grains", interrupted)
+    out = tmp_path / "a" / "b" / "out"
+    with pytest.raises(KeyboardInterrupt):
+        extract(small.path, out)
+    assert os.listdir(tmp_path) == []
+
+
+def test_successful_extract_into_an_existing_folder(small: Built, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_bytes(b"mine\n")
+    extract(small.path, out)
+    assert sorted(os.listdir(out)) == ["keep.txt", "small-disk1.raw", "small.mf", "small.ovf"]
+    assert (out / "keep.txt").read_bytes() == b"mine\n"

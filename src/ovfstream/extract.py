@@ -3,27 +3,33 @@
 A package goes into a folder: the descriptor, manifest and certificate as they are, and
 each disk as a sparse raw image (default), as the VMDK member itself, or as raw compressed
 with zstandard.  Names come from the package's own safe-checked members, so nothing is
-written outside the folder; every file is written under a fresh temporary name and renamed
-when whole, and no output may be a file being read.  A bare VMDK goes to one raw (or .zst)
-file.
+written outside the folder, and no output may be a file being read.
+
+All or nothing: every file is written under a fresh temporary name inside the folder and the
+whole set is renamed into place only once every disk has been read back (atomic.AtomicFiles).
+On any failure (a format error in the last disk, ENOSPC, Ctrl-C, SIGTERM) the temporaries
+are removed, a folder that extract created is removed again, and a folder that existed is
+left as it was.  Two members that would land on one output name (a member ``t-disk1.raw``
+beside the disk ``t-disk1.vmdk``; names compared without case) refuse the package before
+anything is written.  A bare VMDK goes to one raw (or .zst) file, also renamed when whole.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 
-from .atomic import atomic_output
-from .errors import UsageError
+from .atomic import AtomicFiles, atomic_output
+from .errors import FormatError, UsageError
 from .outputs import Inputs
 from .ova.tar import check_member_name
 from .ovf.reader import parse_descriptor
-from .package import open_package
-from .vmdk.reader import ExtractResult, VmdkReader, extract_raw, extract_zst
+from .package import FORMATS, extract_plan, open_package, output_collisions
+from .vmdk.reader import (ExtractResult, VmdkReader, extract_raw, extract_zst, write_raw,
+                          write_zst)
 
 __all__ = ["extract", "ExtractSummary", "FORMATS"]
-
-FORMATS = ("raw", "vmdk", "zst")
 
 
 @dataclass
@@ -74,37 +80,56 @@ def extract(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
                                      path=pkg.location(pkg.descriptor))
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError("-o %s: extracting a package needs a folder" % out)
-    os.makedirs(out, exist_ok=True)
-    disk_hrefs = {f.href for f in descriptor.files
-                  if any(d.file_ref == f.id for d in descriptor.disks)}
-    # The folder form's folder may hold anything (the source raw images, other packages):
-    # take only the package's own files from it.  Every OVA member is extracted.
-    stem = os.path.splitext(pkg.descriptor.name)[0]
-    own = {pkg.descriptor.name, stem + ".mf", stem + ".cert", *(f.href for f in descriptor.files)}
+    plan = extract_plan(pkg, descriptor, format)
+    for first, second, name in output_collisions(plan)[:1]:
+        raise FormatError("ova.file.collision", "%s and %s would both be extracted as %s "
+                          "(--format %s): one would overwrite the other; nothing was written"
+                          % (first, second, name, format), path=pkg.path)
     read = Inputs()  # an output may not be a file being read (the OVA, the folder's members)
     read.add(pkg.path)
-    for m in pkg.members:
-        if pkg.form == "ova" or m.name in own:
-            read.add(m.path)
-    for m in pkg.members:
-        if pkg.form == "ovf" and m.name not in own:
-            continue
+    targets = []
+    for m, name, _is_disk in plan:
         check_member_name(m.name, path=pkg.path)  # the folder form lists files; re-check
-        target = os.path.join(out, m.name)
-        if m.name in disk_hrefs and format != "vmdk":
-            stem = os.path.splitext(m.name)[0]
-            target = os.path.join(out, stem + (".raw.zst" if format == "zst" else ".raw"))
-            read.check_output(target)
-            with VmdkReader(m.path, name=pkg.path if pkg.form == "ova" else m.path,
-                            member=m.name if pkg.form == "ova" else None,
-                            base_offset=m.offset, size=m.size) as reader:
-                summary.disks.append(_disk(reader, target, format))
-        else:
-            read.check_output(target)
-            with pkg.open(m) as f, atomic_output(target, fsync=False) as dst:
-                _copy_exact(f, dst, m.size)
-        summary.files.append((target, os.path.getsize(target)))
+        read.add(m.path)
+        targets.append(os.path.join(out, name))
+    for target in targets:
+        read.check_output(target)
+    created = _make_folder(out)
+    try:
+        with AtomicFiles(fsync=False) as group:
+            for (m, _name, is_disk), target in zip(plan, targets):
+                dst = group.open(target)
+                if is_disk:
+                    with VmdkReader(m.path, name=pkg.path if pkg.form == "ova" else m.path,
+                                    member=m.name if pkg.form == "ova" else None,
+                                    base_offset=m.offset, size=m.size) as reader:
+                        write = write_zst if format == "zst" else write_raw
+                        summary.disks.append(write(reader, dst, path=target))
+                else:
+                    with pkg.open(m) as f:
+                        _copy_exact(f, dst, m.size)
+                group.close(dst)   # whole: free its descriptor (renamed at the end)
+    except BaseException:
+        for folder in reversed(created):   # ours and (now) empty: gone again
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+        raise
+    summary.files = [(target, os.path.getsize(target)) for target in targets]
     return summary
+
+
+def _make_folder(out: str) -> list[str]:
+    """Create ``out`` and its missing parents; the folders created, outermost first."""
+    missing = []
+    here = os.path.abspath(out)
+    while not os.path.isdir(here):
+        missing.append(here)
+        parent = os.path.dirname(here)
+        if parent == here:
+            break
+        here = parent
+    os.makedirs(out, exist_ok=True)
+    return missing[::-1]
 
 
 def _copy_exact(src, dst, n: int) -> None:  # type: ignore[no-untyped-def]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from .errors import Finding
 from .ovf.reader import parse_descriptor
 from .ovf.summary import Descriptor, summary_text
-from .package import open_package
+from .package import open_package, own_members
 from .vmdk.reader import VmdkReader
 
 __all__ = ["inspect", "InspectResult"]
@@ -75,10 +75,7 @@ def inspect(path: str | os.PathLike[str]) -> InspectResult:
     stem = os.path.splitext(pkg.descriptor.name)[0]
     mf = pkg.member(stem + ".mf")
     cert = pkg.member(stem + ".cert")
-    members = pkg.members
-    if pkg.form == "ovf":  # a folder may hold other files: list the package's own
-        own = {pkg.descriptor.name, stem + ".mf", stem + ".cert", *(f.href for f in descriptor.files)}
-        members = [m for m in members if m.name in own]
+    members = own_members(pkg, descriptor)  # a folder may hold other files: the package's own
     return InspectResult(pkg.path, pkg.form, descriptor,
                          [(m.name, m.size) for m in members],
                          manifest=mf.name if mf else None, certificate=cert.name if cert else None,

@@ -10,17 +10,25 @@ name with a separator or '..' is refused the same way as in a tar.
 from __future__ import annotations
 
 import os
+import unicodedata
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import Finding, TarFormatError, UsageError
 from .ova import tar
 from .ova.tar import check_member_name
+from .regular import open_regular
 
-__all__ = ["Member", "Package", "open_package", "MAX_SMALL_MEMBER"]
+if TYPE_CHECKING:
+    from .ovf.summary import Descriptor
+
+__all__ = ["Member", "Package", "open_package", "MAX_SMALL_MEMBER", "FORMATS", "own_members",
+           "extract_plan", "output_collisions"]
 
 # Descriptors, manifests and certificates are read whole; nothing larger is accepted.
 MAX_SMALL_MEMBER = 16 << 20
+
+FORMATS = ("raw", "vmdk", "zst")        # extract's --format: how each disk comes out
 
 
 @dataclass(frozen=True)
@@ -54,8 +62,12 @@ class Package:
         return self.path + (":" + member.name if member is not None and self.form == "ova" else "")
 
     def open(self, member: Member) -> BinaryIO:
-        f = open(member.path, "rb")
-        f.seek(member.offset)
+        f = open_regular(member.path)
+        try:
+            f.seek(member.offset)
+        except BaseException:
+            f.close()
+            raise
         return f
 
     def read_small(self, member: Member) -> bytes:
@@ -75,7 +87,7 @@ class Package:
 
 def _open_ova(path: str) -> Package:
     members: list[Member] = []
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         reader = tar.TarReader(f, path=path)
         for entry in reader.members():
             members.append(Member(entry.name, entry.size, entry.data_offset, path, len(members)))
@@ -94,7 +106,9 @@ def _open_ova(path: str) -> Package:
 def _open_folder(descriptor_path: str) -> Package:
     folder = os.path.dirname(os.path.abspath(descriptor_path))
     name = os.path.basename(descriptor_path)
-    members = [Member(name, os.path.getsize(descriptor_path), 0, descriptor_path, 0)]
+    with open_regular(descriptor_path) as f:       # a FIFO named *.ovf is refused, not read
+        size = os.fstat(f.fileno()).st_size
+    members = [Member(name, size, 0, descriptor_path, 0)]
     for entry in sorted(os.listdir(folder)):
         full = os.path.join(folder, entry)
         if entry == name or not os.path.isfile(full) or os.path.islink(full):
@@ -120,8 +134,61 @@ def open_package(path: str | os.PathLike[str]) -> Package:
         raise FileNotFoundError(2, "No such file or directory", text)
     if text.lower().endswith(".ovf"):
         return _open_folder(text)
-    with open(text, "rb") as f:
+    with open_regular(text) as f:
         head = f.read(tar.BLOCK)
     if text.lower().endswith(".ova") or head[257:262] == b"ustar":
         return _open_ova(text)
     raise UsageError("%s: not an .ova, an .ovf or a package folder" % text)
+
+
+# -- what extract writes ----------------------------------------------------------------------
+
+def own_members(pkg: Package, descriptor: "Descriptor") -> list[Member]:
+    """The members that make the package: every OVA member; in the folder form (whose folder
+    may hold anything: the source raw images, other packages) the descriptor, its .mf and
+    .cert, and the files the descriptor references."""
+    if pkg.form == "ova":
+        return list(pkg.members)
+    stem = os.path.splitext(pkg.descriptor.name)[0]
+    own = {pkg.descriptor.name, stem + ".mf", stem + ".cert", *(f.href for f in descriptor.files)}
+    return [m for m in pkg.members if m.name in own]
+
+
+def disk_hrefs(descriptor: "Descriptor") -> set[str]:
+    """The hrefs of the files a Disk points at (the VMDKs extract inflates)."""
+    disk_files = {d.file_ref for d in descriptor.disks}
+    return {f.href for f in descriptor.files if f.id in disk_files}
+
+
+def extract_plan(pkg: Package, descriptor: "Descriptor", fmt: str
+                 ) -> list[tuple[Member, str, bool]]:
+    """(member, output name, is a disk to inflate) for each file ``extract --format fmt``
+    writes, in member order: a disk becomes STEM.raw or STEM.raw.zst (fmt "vmdk": the
+    member as is); every other member keeps its name."""
+    disks = disk_hrefs(descriptor) if fmt != "vmdk" else set()
+    plan = []
+    for m in own_members(pkg, descriptor):
+        if m.name in disks:
+            name = os.path.splitext(m.name)[0] + (".raw.zst" if fmt == "zst" else ".raw")
+            plan.append((m, name, True))
+        else:
+            plan.append((m, m.name, False))
+    return plan
+
+
+def _fold(name: str) -> str:
+    # Names that one file system would make one file: case-insensitive ones (macOS, Windows,
+    # casefolded ext4) and those that normalise Unicode (APFS, HFS+) included.
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+def output_collisions(plan: list[tuple[Member, str, bool]]) -> list[tuple[str, str, str]]:
+    """(first member, second member, output name) for each output name the plan uses twice
+    (compared without case and Unicode normalisation): one would overwrite the other."""
+    seen: dict[str, Member] = {}
+    out = []
+    for m, name, _disk in plan:
+        first = seen.setdefault(_fold(name), m)
+        if first is not m:
+            out.append((first.name, m.name, name))
+    return out

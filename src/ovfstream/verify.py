@@ -27,8 +27,8 @@ from .manifest import parse_manifest
 from .ovf.reader import parse_descriptor
 from .ovf.summary import Descriptor
 from .ovf.validate import strict_validators
-from .package import Member, Package, open_package
-from .vmdk.reader import VmdkReader
+from .package import FORMATS, Member, Package, extract_plan, open_package, output_collisions
+from .vmdk.reader import VerifyReport, VmdkReader
 
 __all__ = ["verify", "VerifyResult", "RULES"]
 
@@ -45,9 +45,15 @@ RULES: dict[str, str] = {
     "mf.file.missing": "the manifest lists a file that is not in the package",
     "mf.file.unlisted": "a package file the manifest does not list",
     "mf.digest.mismatch": "a file's digest differs from the manifest's",
+    "ova.file.collision": "two members would be extracted under one name (e.g. a member "
+                          "t-disk1.raw beside the disk t-disk1.vmdk; names compared without "
+                          "case): extract refuses the package",
     "disk.capacity": "the VMDK's capacity differs from the descriptor's Disk ovf:capacity",
     "disk.populated": "ovf:populatedSize differs from the bytes of non-zero grains (deep; warning)",
-    "disk.format": "a disk that is not a stream-optimized VMDK (info: not checked further)",
+    "disk.format": "a Disk's ovf:format is not a VMDK: extract cannot read it back",
+    "disk.unsupported": "a disk file extract cannot read back: not a stream-optimized VMDK "
+                        "(descriptor-only, monolithic sparse, COW...) or beyond the reader's "
+                        "limits (e.g. capacity over 64 TiB)",
 }
 
 _CHUNK = 8 << 20
@@ -145,7 +151,7 @@ def verify(path: str | os.PathLike[str], *, strict: bool = False, deep: bool = F
         # the reader is closed either way.  UnsupportedError (not a stream VMDK) goes on.
         try:
             with VmdkReader(text) as reader:
-                _verify_disk(result, reader, deep=deep, name=text, declared=None)
+                _verify_disk(result, reader, deep=deep, name=text)
         except FormatError as exc:
             result.findings.append(exc.finding())
         result.seconds = time.perf_counter() - started
@@ -245,42 +251,80 @@ def verify(path: str | os.PathLike[str], *, strict: bool = False, deep: bool = F
         except FormatError as exc:
             result.findings.append(exc.finding())
 
-    # Disks
+    # What extract would write: no two members may land on one name, in any --format.
+    clashes: set[tuple[str, str, str]] = set()
+    for fmt in FORMATS:
+        for first, second, name in output_collisions(extract_plan(pkg, descriptor, fmt)):
+            if (first, second, name.casefold()) not in clashes:
+                clashes.add((first, second, name.casefold()))
+                result.findings.append(Finding(
+                    "ova.file.collision", "error", pkg.path, None,
+                    "%s and %s would both be extracted as %s (--format %s): one would "
+                    "overwrite the other" % (first, second, name, fmt)))
+
+    # Disks: each member is read once, however many Disks name it; what extract cannot read
+    # back is an error.
     by_file = {f.id: f.href for f in descriptor.files}
+    checked: dict[str, tuple[int, VerifyReport] | None] = {}
     for disk in descriptor.disks:
         href = by_file.get(disk.file_ref or "")
         m = pkg.member(href) if href else None
         if m is None:
             continue
         if disk.format_uri and _VMDK_FORMAT_HINT not in disk.format_uri.lower():
-            result.findings.append(Finding("disk.format", "info", pkg.location(m), None,
-                                            "format %s is not checked" % disk.format_uri))
+            result.findings.append(Finding("disk.format", "error", pkg.location(m), None,
+                                            "Disk %s: format %s; extract reads only "
+                                            "stream-optimized VMDKs"
+                                            % (disk.disk_id, disk.format_uri)))
             continue
-        try:
-            reader = VmdkReader(m.path, name=pkg.path if pkg.form == "ova" else m.path,
-                                member=m.name if pkg.form == "ova" else None,
-                                base_offset=m.offset, size=m.size)
-        except (FormatError, UnsupportedError) as exc:
-            result.findings.append(exc.finding() if isinstance(exc, FormatError) else
-                                   Finding("disk.format", "info", pkg.location(m), None, str(exc)))
-            continue
-        with reader:
-            _verify_disk(result, reader, deep=deep, name=pkg.location(m), declared=disk)
+        if m.name not in checked:
+            checked[m.name] = _verify_member_disk(result, pkg, m, deep=deep)
+        done = checked[m.name]
+        if done is not None:
+            _check_declared(result, pkg.location(m), disk, done[0], done[1], deep=deep)
     result.seconds = time.perf_counter() - started
     return result
 
 
-def _verify_disk(result: VerifyResult, reader: VmdkReader, *, deep: bool, name: str,
-                 declared: object) -> None:
+def _verify_member_disk(result: VerifyResult, pkg: Package, m: Member, *, deep: bool
+                        ) -> tuple[int, VerifyReport] | None:
+    """Open and check one disk member; (capacity, report), or None when it cannot be read."""
+    try:
+        reader = VmdkReader(m.path, name=pkg.path if pkg.form == "ova" else m.path,
+                            member=m.name if pkg.form == "ova" else None,
+                            base_offset=m.offset, size=m.size)
+    except FormatError as exc:
+        result.findings.append(exc.finding())
+        return None
+    except UnsupportedError as exc:
+        detail = str(exc)
+        where = pkg.location(m) + ": "
+        detail = detail[len(where):] if detail.startswith(where) else detail
+        result.findings.append(Finding("disk.unsupported", "error", pkg.location(m), None,
+                                        "extract cannot read it back: %s" % detail))
+        return None
+    with reader:
+        report = _verify_disk(result, reader, deep=deep, name=pkg.location(m))
+        return reader.capacity_bytes, report
+
+
+def _verify_disk(result: VerifyResult, reader: VmdkReader, *, deep: bool, name: str
+                 ) -> VerifyReport:
     report = reader.verify(deep=deep)
     result.findings += report.findings
     if report.content_id:
         result.content_ids[name] = report.content_id
+    return report
+
+
+def _check_declared(result: VerifyResult, name: str, declared: object, capacity_bytes: int,
+                    report: VerifyReport, *, deep: bool) -> None:
+    """A Disk's ovf:capacity and ovf:populatedSize against the VMDK that it names."""
     capacity = getattr(declared, "capacity_bytes", None)
-    if capacity is not None and capacity != reader.capacity_bytes:
+    if capacity is not None and capacity != capacity_bytes:
         result.findings.append(Finding("disk.capacity", "error", name, None,
                                         "the descriptor says %d bytes, the VMDK holds %d"
-                                        % (capacity, reader.capacity_bytes)))
+                                        % (capacity, capacity_bytes)))
     populated = getattr(declared, "populated_bytes", None)
     if deep and populated is not None and report.ok and populated != report.populated_bytes:
         result.findings.append(Finding("disk.populated", "warning", name, None,
