@@ -35,6 +35,9 @@ def _common(p: argparse.ArgumentParser, *, engine: bool = True) -> None:
                        help="deflate engine (default isal: ISA-L, reproducible at levels 1-2)")
         p.add_argument("--level", type=int, default=None,
                        help="compression level (isal 1-3, default 1; zlib 1-9, default 6)")
+        p.add_argument("--input-format", default="auto", choices=("auto", "raw"),
+                       help="auto (default): detect by content and refuse qcow2, VMDK, VHD(X), "
+                            "compressed and other non-raw images; raw: take the bytes as they are")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
 
@@ -125,14 +128,27 @@ def _say(text: str) -> None:
     print(printable(text), file=sys.stderr)
 
 
+def _engine_note(args: argparse.Namespace) -> None:
+    """Say once, on stderr, when the engine runs without its native span encoder: slower,
+    and ISA-L's bytes then follow where python-isal's stream state lies in memory (engine.py),
+    so they are not reproducible (--json: engine.native_unavailable, reproducible false)."""
+    from .engine import get_engine
+    why = get_engine(args.engine, args.level).native_unavailable
+    if why and not args.quiet:
+        _say("ovfstream: note: the native span encoder is not used (%s): compression is "
+             "slower and its bytes are not reproducible run to run; --engine zlib is" % why)
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .convert import convert
     from .progress import progress_bars
+    _engine_note(args)
     with progress_bars(enabled=not args.quiet) as bars:
         label = os.path.basename(args.source)
         report = None if bars is None else (lambda n, total: bars(label, n, total))
         result = convert(args.source, args.output, parallel=args.parallel, engine=args.engine,
-                         level=args.level, adapter_type=args.adapter_type, progress=report)
+                         level=args.level, adapter_type=args.adapter_type, progress=report,
+                         input_format=args.input_format)
     if args.json:
         _emit_json(result.as_dict())
     elif not args.quiet:
@@ -191,11 +207,12 @@ def _cmd_pack(args: argparse.Namespace) -> int:
                         certificate_chain_pem=read_input_file(args.sign_cert),
                         digest=args.digest)
     also_read = [p for p in (args.spec, args.sign_key, args.sign_cert) if p]
+    _engine_note(args)
     with progress_bars(enabled=not args.quiet) as bars:
         result = pack(args.disks, output, vm=vm, ovf_version=args.ovf_version,
                       digest=args.digest, parallel=args.parallel, engine=args.engine,
                       level=args.level, signer=signer, spool_dir=args.spool_dir, progress=bars,
-                      inputs=also_read)
+                      inputs=also_read, input_format=args.input_format)
     if args.json:
         doc = result.as_dict()
         if args.output == "-":  # stdout carries the OVA: the JSON goes to stderr
@@ -306,7 +323,6 @@ def _terminate_on_signals() -> Iterator[None]:
     finally:
         for signum, previous in old.items():
             signal.signal(signum, previous)
-
 
 
 def main_entry() -> None:

@@ -32,8 +32,12 @@ class ConvertResult:
 def convert(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
             parallel: int | None = None, engine: str = "isal", level: int | None = None,
             adapter_type: str = "lsilogic", fsync: bool = True,
-            progress: Callable[[int, int], None] | None = None) -> ConvertResult:
+            progress: Callable[[int, int], None] | None = None,
+            input_format: str = "auto") -> ConvertResult:
     """Convert a raw image (file or block device) into a stream-optimized VMDK.
+
+    ``input_format="auto"`` refuses a qcow2, VMDK, VHD(X), compressed or other container
+    (UnsupportedError, rule ``source.format``); ``"raw"`` takes the bytes as they are.
 
     Writes a fresh temporary beside ``output`` and renames it on success; a failure leaves
     no ``output``.  ``output`` may not be the source (UsageError); ``/dev/null`` discards.
@@ -45,7 +49,7 @@ def convert(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
     if out == "-":
         raise UsageError("convert -o -: a bare VMDK is written to a file; use pack -o - to stream")
     name = os.path.basename(out)
-    with RawSource(source) as src:
+    with RawSource(source, input_format=input_format) as src:
         read = Inputs()
         read.add(src.path, src.file_stat)
         read.check_output(out)

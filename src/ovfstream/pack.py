@@ -140,7 +140,7 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
          parallel: int | None = None, engine: str = "isal", level: int | None = None,
          mtime: int | None = None, signer: Signer | None = None, fsync: bool = True,
          spool_dir: PathLike | None = None, progress: Progress | None = None,
-         inputs: Sequence[PathLike] = ()) -> PackResult:
+         inputs: Sequence[PathLike] = (), input_format: str = "auto") -> PackResult:
     """Pack raw ``disks`` (boot disk first) into an OVA, an OVA stream or an OVF folder.
 
     ``output``: ``NAME.ova`` (written under a fresh temporary name beside it, renamed on
@@ -170,7 +170,7 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
         stem = stream_stem(vm.name)  # a stream has no file name: members follow the VM
 
     with contextlib.ExitStack() as stack:
-        sources = [stack.enter_context(RawSource(d)) for d in disks]
+        sources = [stack.enter_context(RawSource(d, input_format=input_format)) for d in disks]
         if mtime is None:
             mtime = _default_mtime(sources)
         names = ["%s-disk%d.vmdk" % (stem, i + 1) for i in range(len(sources))]

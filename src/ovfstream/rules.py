@@ -11,6 +11,7 @@ from .verify import RULES as VERIFY_RULES  # the package attribute `verify` is t
 from .ova import tar
 from .ovf import reader as ovf_reader
 from .ovf import validate as ovf_validate
+from .sources import detect
 from .vmdk import reader as vmdk_reader
 
 __all__ = ["ALL_RULES", "render_markdown"]
@@ -23,6 +24,7 @@ SECTIONS: tuple[tuple[str, dict[str, str]], ...] = (
     ("Certificate (cert.py)", cert.RULES),
     ("OVF descriptor (ovf/reader.py)", ovf_reader.RULES),
     ("OVF structure, verify --strict (ovf/validate.py)", ovf_validate.RULES),
+    ("Input formats (sources/detect.py)", detect.RULES),
     ("Raw disk sources read by pack and convert (source.py)", source.RULES),
 )
 

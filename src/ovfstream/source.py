@@ -22,6 +22,7 @@ import xxhash
 
 from .atomic import node_kind
 from .errors import FormatError, UsageError
+from .sources.detect import check_input_format
 from .vmdk.layout import GRAIN_BYTES, SPAN_BYTES, SPAN_GRAINS, capacity_sectors_for
 
 __all__ = ["RawSource", "Extent", "SourceChangedError", "RULES"]
@@ -72,7 +73,7 @@ class SpanPlan:
 class RawSource:
     """An open raw image: its size, data extents and span reads.  Thread-safe (pread)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, input_format: str = "auto") -> None:
         self.path = os.fspath(path)
         self._fd = _open_disk(self.path)
         try:
@@ -92,6 +93,11 @@ class RawSource:
             os.close(self._fd)
             raise UsageError("%s: the disk image is empty (0 bytes); a disk needs a capacity"
                              % self.path)
+        try:  # a qcow2, VMDK, VHD... is refused here, never packed as if it were raw
+            check_input_format(self.path, self._fd, self.size_bytes, input_format)
+        except BaseException:
+            os.close(self._fd)
+            raise
         self.capacity_sectors = capacity_sectors_for(self.size_bytes)
         self.n_grains = -(-self.size_bytes // GRAIN_BYTES)
         self.n_spans = -(-self.n_grains // SPAN_GRAINS)
