@@ -30,6 +30,8 @@ from ovfstream.ovf import reader
 from ovfstream.ovf.reader import MAX_ENTRIES, RULES, parse_descriptor
 from ovfstream.ovf.summary import summary_text
 
+from ovfs_testlib import needs_shared
+
 NS1 = "http://schemas.dmtf.org/ovf/envelope/1"
 RASD = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
 SCHEMAS = Path(__file__).resolve().parents[2] / ".." / "shared" / "ovf-schemas"
@@ -183,9 +185,8 @@ def test_parser_asks_the_resolver_and_gets_nothing(fifo: str) -> None:
     assert set(refuse.requests) <= {fifo}
 
 
+@needs_shared("ovf-schemas")
 def test_strict_schema_validation_ignores_schema_location_hints(fifo: str) -> None:
-    if not (SCHEMAS / "ovf-1.1.1").is_dir():
-        pytest.skip("DMTF schemas not available")
     data = ('<?xml version="1.0"?>\n<Envelope xmlns="%s" xmlns:ovf="%s" '
             'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
             'xsi:schemaLocation="%s %s" xsi:noNamespaceSchemaLocation="%s"><References/>'
