@@ -464,6 +464,10 @@ def test_rule_ova_tar_header_prefix_in_gnu_header() -> None:
 
 # -- fuzz ------------------------------------------------------------------------------------
 SEED = build([("a.ovf", b"<x/>"), ("a.mf", b"SHA256(a.ovf)= 00\n"), ("d.vmdk", b"v" * 1300)])
+# issue 8: names that are valid in a tar but hostile downstream (an extract output-name
+# collision, case variants, rich markup); mutations then break them in every other way
+SEED_NAMES = build([("t.ovf", b"<x/>"), ("t-disk1.vmdk", b"v" * 700), ("t-disk1.raw", b"r"),
+                    ("T-DISK1.raw.zst", b"z"), ("[red on red]x", b"m"), ("[bold]", b"")])
 SEED_PAX = tarfile_archive((info("p" * 120, 5), b"12345"), (info("b", 2), b"bb"),
                            fmt=tarfile.PAX_FORMAT)
 
@@ -480,7 +484,7 @@ def outcome(data: bytes, *, seekable: bool, allow_pax: bool, read_data: bool = T
 
 @st.composite
 def mutated(draw: st.DrawFn) -> bytes:
-    data = bytearray(draw(st.sampled_from([SEED, SEED_PAX])))
+    data = bytearray(draw(st.sampled_from([SEED, SEED_PAX, SEED_NAMES])))
     for _ in range(draw(st.integers(1, 6))):
         kind = draw(st.sampled_from(["flip", "set", "cut", "insert", "delete", "rechecksum"]))
         pos = draw(st.integers(0, max(len(data) - 1, 0)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ovfstream.errors import FormatError, UnsupportedError, VmdkFormatError
@@ -674,3 +675,78 @@ def test_zst_interrupted_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     with VmdkReader(src) as r, pytest.raises(KeyboardInterrupt):
         extract_zst(r, tmp_path / "g.zst")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.vmdk"]
+
+
+# The issue-8 classes in a generator: hostile descriptor lines (long runs of spaces, huge
+# numbers, markup and control characters in ddb values, FLAT extents naming files, several
+# extents), hostile header fields (capacity up to past the 64 TiB limit, non-stream flags),
+# grains anywhere.  Whatever is read must come out the same as raw and as zst.
+
+_LINES = st.one_of(
+    st.builds(lambda head, n, tail: head + " " * n + tail,
+              st.sampled_from(["RW 1 x", "ddb.c = a", "k=", "RW", 'RDONLY 8 SPARSE "a"', "#"]),
+              st.integers(0, 30000), st.sampled_from(["", "y", "=b", '"', " 1", "\t2"])),
+    st.builds(lambda access, digits, kind, name: "%s %s %s%s" % (access, digits, kind, name),
+              st.sampled_from(["RW", "RDONLY", "NOACCESS", "rw"]),
+              st.sampled_from(["0", "2048", "9" * 25, "9" * 5000, "٣"]),
+              st.sampled_from(["SPARSE", "FLAT", "VMFS", "ZERO"]),
+              st.sampled_from(["", ' "/etc/passwd" 0', ' "x.vmdk"', ' "a b" 9' + "9" * 30])),
+    st.builds(lambda key, value: '%s = "%s"' % (key, value),
+              st.sampled_from(["ddb.adapterType", "createType", "CID", "parentCID", "ddb.uuid"]),
+              st.sampled_from(["[/bold]", "[red on red]x[/]", "\x1b[2J", "\x9b31m", "\u202e",
+                               "streamOptimized", "monolithicFlat", "ffffffff", ""])),
+)
+
+
+@st.composite
+def hostile_vmdks(draw: st.DrawFn) -> tuple[bytes, int, dict[int, bytes]]:
+    capacity = draw(st.sampled_from([128 * 40 + 3, 128 * 512 * 3, (64 << 30) // SECTOR,
+                                     (1 << 37) + 128]))
+    lines = draw(st.lists(_LINES, max_size=4))
+    base_lines = DESCRIPTOR.format(sectors=capacity).splitlines()
+    drop = draw(st.one_of(st.just(set()), st.sets(st.integers(0, len(base_lines) - 1),
+                                                  max_size=2)))
+    text = "\n".join([l for i, l in enumerate(base_lines) if i not in drop] + lines) + "\n"
+    n_grains = -(-capacity // 128)
+    picks = draw(st.lists(st.integers(0, min(n_grains, 1 << 20) - 1), max_size=4, unique=True))
+    grains = {g * 128: draw(st.sampled_from([b"a" * GRAIN_BYTES, rand(GRAIN_BYTES, g),
+                                             bytes(GRAIN_BYTES)])) for g in picks}
+    data = build_sparse(min(capacity, (1 << 37) - 128) if capacity > 1 << 37 else capacity,
+                        grains, descriptor=text,
+                        descriptor_sectors=max(1, -(-len(text.encode()) // SECTOR)))
+    out = bytearray(data)
+    if capacity > 1 << 37:                                  # past the limit: head and footer
+        struct.pack_into("<Q", out, 12, capacity)
+    if draw(st.integers(0, 5)) == 0:
+        struct.pack_into("<I", out, 8, draw(st.sampled_from([0x3, 0x30001, 0x10001, 0x20003])))
+    return bytes(out), capacity, grains
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=hostile_vmdks())
+def test_hostile_descriptor_and_header_classes(tmp_path_factory: pytest.TempPathFactory,
+                                               case: tuple[bytes, int, dict[int, bytes]]) -> None:
+    from ovfstream.vmdk.reader import extract_zst
+    data, capacity, grains = case
+    started = time.perf_counter()
+    try:
+        read_all(data)
+    except (FormatError, UnsupportedError) as exc:
+        event("refused: %s" % getattr(exc, "rule", "unsupported"))
+        return
+    finally:
+        assert time.perf_counter() - started < 5      # linear: milliseconds
+    event("read, capacity %d sectors" % capacity)
+    folder = tmp_path_factory.mktemp("x")
+    with VmdkReader(io.BytesIO(data)) as r:
+        extract_raw(r, folder / "d.raw")
+    with VmdkReader(io.BytesIO(data)) as r:
+        extract_zst(r, folder / "d.zst", level=1)
+    raw_size = (folder / "d.raw").stat().st_size
+    assert raw_size == capacity * SECTOR
+    with open(folder / "d.raw", "rb") as raw:
+        for lba, grain in grains.items():
+            want = grain[:raw_size - lba * SECTOR]
+            assert os.pread(raw.fileno(), len(want), lba * SECTOR) == want
+    # the zst: frames walked and compared without decoding the zero runs
+    check_zst((folder / "d.zst").read_bytes(), raw_size, grains)
