@@ -167,3 +167,13 @@ def test_detection_reads_only_the_edges(tmp_path):
         f.truncate(64 << 30)
     with open(path, "rb") as f:
         assert detect_format(f.fileno(), 64 << 30) is None
+
+
+def test_an_output_aliasing_a_container_input_is_the_usage_error(raw_disk, tmp_path):
+    # `pack in.ova -o in.ova`: the alias is said first (exit 2), before the content is judged.
+    ova = tmp_path / "in.ova"
+    assert cli.main(["pack", str(raw_disk), "-o", str(ova), "--quiet"]) == 0
+    before = ova.read_bytes()
+    assert cli.main(["pack", str(ova), "-o", str(ova), "--quiet"]) == 2
+    assert cli.main(["convert", str(ova), "-o", str(ova), "--quiet"]) == 2
+    assert ova.read_bytes() == before

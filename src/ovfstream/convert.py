@@ -53,6 +53,7 @@ def convert(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
         read = Inputs()
         read.add(src.path, src.file_stat)
         read.check_output(out)
+        src.check_format()
         with atomic_output(out, fsync=fsync) as f:
             stats = write_stream_vmdk(src, f.write, file_name=name, engine=eng,
                                       workers=workers, adapter_type=adapter_type,

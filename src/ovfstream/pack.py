@@ -177,6 +177,8 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
         ovf_name, mf_name, cert_name = stem + ".ovf", stem + ".mf", stem + ".cert"
         _check_outputs(form, output, shown, [ovf_name, mf_name, cert_name, *names],
                        sources, inputs)
+        for src in sources:
+            src.check_format()
 
         def entries(stats: Sequence[DiskStats | None], sizes: Sequence[int]) -> list[DiskEntry]:
             return [DiskEntry(file_id="file%d" % (i + 1), href=names[i],

@@ -22,7 +22,7 @@ import xxhash
 
 from .atomic import node_kind
 from .errors import FormatError, UsageError
-from .sources.detect import check_input_format
+from .sources.detect import check_input_format, require_input_format
 from .vmdk.layout import GRAIN_BYTES, SPAN_BYTES, SPAN_GRAINS, capacity_sectors_for
 
 __all__ = ["RawSource", "Extent", "SourceChangedError", "RULES"]
@@ -74,6 +74,7 @@ class RawSource:
     """An open raw image: its size, data extents and span reads.  Thread-safe (pread)."""
 
     def __init__(self, path: str | os.PathLike[str], *, input_format: str = "auto") -> None:
+        require_input_format(input_format)  # a usage error before anything is opened
         self.path = os.fspath(path)
         self._fd = _open_disk(self.path)
         try:
@@ -93,15 +94,18 @@ class RawSource:
             os.close(self._fd)
             raise UsageError("%s: the disk image is empty (0 bytes); a disk needs a capacity"
                              % self.path)
-        try:  # a qcow2, VMDK, VHD... is refused here, never packed as if it were raw
-            check_input_format(self.path, self._fd, self.size_bytes, input_format)
-        except BaseException:
-            os.close(self._fd)
-            raise
+        self.input_format = input_format
         self.capacity_sectors = capacity_sectors_for(self.size_bytes)
         self.n_grains = -(-self.size_bytes // GRAIN_BYTES)
         self.n_spans = -(-self.n_grains // SPAN_GRAINS)
         self.data_bytes = sum(end - start for start, end in self.extents)
+
+    def check_format(self) -> None:
+        """Refuse a qcow2, VMDK, VHD... (UnsupportedError, rule source.format) unless the
+        source was opened with input_format="raw": never pack a container's bytes as if they
+        were the guest's disk.  pack and convert call it once their outputs are checked, so
+        that an output aliasing an input is the usage error it is first."""
+        check_input_format(self.path, self._fd, self.size_bytes, self.input_format)
 
     def check_unchanged(self) -> None:
         """SourceChangedError if the image's size or (for a file) mtime moved since the open.

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 from ..errors import UnsupportedError, UsageError
 
-__all__ = ["INPUT_FORMATS", "RULES", "ImageFormat", "detect_format", "check_input_format"]
+__all__ = ["INPUT_FORMATS", "RULES", "ImageFormat", "detect_format", "check_input_format",
+           "require_input_format"]
 
 RULES: dict[str, str] = {
     "source.format": "the input is a disk-image container (qcow2, VMDK, VHD/VHDX, VDI, LUKS, "
@@ -102,11 +103,16 @@ def detect_format(fd: int, size_bytes: int) -> ImageFormat | None:
     return None
 
 
-def check_input_format(path: str, fd: int, size_bytes: int, input_format: str) -> None:
-    """UsageError for an unknown --input-format; UnsupportedError for a detected container."""
+def require_input_format(input_format: str) -> None:
+    """UsageError for an --input-format value that is not offered."""
     if input_format not in INPUT_FORMATS:
         raise UsageError("--input-format %r: allowed %s (qcow2, VMDK, VHD(X) and zstd inputs "
                          "are not read yet)" % (input_format, ", ".join(INPUT_FORMATS)))
+
+
+def check_input_format(path: str, fd: int, size_bytes: int, input_format: str) -> None:
+    """UsageError for an unknown --input-format; UnsupportedError for a detected container."""
+    require_input_format(input_format)
     if input_format == "raw":
         return
     found = detect_format(fd, size_bytes)
