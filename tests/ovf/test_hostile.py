@@ -21,7 +21,7 @@ import tarfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -95,6 +95,18 @@ def fifo_was_opened(path: str) -> bool:
     return True
 
 
+def run_guarded(work: Callable[[], None], fifo: str, label: str, wait: float = 5) -> None:
+    """Run ``work`` in a thread; fail if it opened the FIFO or did not finish (the FIFO
+    check also lets a reader blocked on it go, so a regression fails instead of hanging)."""
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(wait)
+    opened = fifo_was_opened(fifo)
+    thread.join(5)
+    assert not opened, "%s: the entity's file was opened" % label
+    assert not thread.is_alive(), "%s: did not finish" % label
+
+
 def parse_guarded(data: bytes, fifo: str, **kw: Any) -> dict[str, Any]:
     """parse_descriptor in a thread; fail if it opened the FIFO or did not finish."""
     out: dict[str, Any] = {}
@@ -105,13 +117,7 @@ def parse_guarded(data: bytes, fifo: str, **kw: Any) -> dict[str, Any]:
         except OvfFormatError as exc:
             out["error"] = exc
 
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    thread.join(5)
-    opened = fifo_was_opened(fifo)
-    thread.join(5)
-    assert not opened, "the parser opened the entity's file"
-    assert not thread.is_alive(), "the parse did not finish"
+    run_guarded(work, fifo, "the parser")
     return out
 
 
@@ -253,12 +259,7 @@ def test_api_verify_and_inspect_refuse_and_open_nothing(tmp_path: Path, fifo: st
         except OvfFormatError as exc:
             out["inspect"] = exc
 
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    thread.join(10)
-    opened = fifo_was_opened(fifo)
-    thread.join(5)
-    assert not opened and not thread.is_alive(), label
+    run_guarded(work, fifo, label, wait=10)
     assert [f.rule for f in out["verify"].errors] == ["ovf.xml.dtd"], label
     assert out["inspect"].rule == "ovf.xml.dtd", label
 
