@@ -3,14 +3,28 @@
 Grains must be zlib-wrapped (RFC 1950): qemu, VirtualBox and open-vmdk refuse raw deflate
 (../shared/FORMATS.md 1.3).  ISA-L level 1 through the ``isal`` package is the default: about
 7x zlib-6 per core and it releases the GIL, so worker threads scale.  Its levels 0-2 give the
-same bytes on every x86 code path; level 3 does not (DESIGN.md, determinism).
+same bytes on every x86-64 CPU with SSE4.2 (x86-64-v2: Intel since 2008, AMD since 2011);
+a CPU without it takes ISA-L's baseline C path, whose hash differs, and so gets other bytes
+(benches/cpu_repro.py); level 3 differs by CPU (DESIGN.md, determinism).
+
+libdeflate through the ``deflate`` package spans the rest of the size/speed frontier: level 6
+is smaller than zlib-6 at about 2.5x its speed, levels 10-12 are ~3 % smaller still at zlib-9
+speed or below.  Each call releases the GIL.  Its bytes depend only on the bundled libdeflate
+build, never on the CPU (its only runtime dispatch while compressing is the Adler-32).
+
+Which bytes are the same on every x86 code path was measured, not assumed: benches/cpu_repro.py
+compresses the same grains natively and under qemu-user's emulated CPUs (SSE2 only,
++PCLMULQDQ, +AVX, +AVX2/BMI2; AVX-512 natively) for every engine and level; ``REPRODUCIBLE``
+below records what it found.  ``PRESETS`` maps the intent flags to engine and level.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import hashlib
 import os
+import platform
 import random
 import sys
 import threading
@@ -20,7 +34,7 @@ from typing import Any, Callable
 
 from .errors import UsageError
 
-__all__ = ["Engine", "get_engine", "ENGINES"]
+__all__ = ["Engine", "get_engine", "resolve_engine", "ENGINES", "PRESETS", "REPRODUCIBLE"]
 
 try:
     from isal import isal_zlib as _isal_zlib
@@ -29,11 +43,30 @@ except ImportError:  # pragma: no cover - isal is a hard dependency; the fallbac
     _isal_zlib = None
     _isal = None
 
-ENGINES = ("isal", "zlib")
+try:
+    import deflate as _deflate
+except ImportError:  # pragma: no cover - deflate is a hard dependency
+    _deflate = None
+
+ENGINES = ("isal", "zlib", "libdeflate")
 # ISA-L level 0 (static Huffman only) expands random grains to ~80 KiB, past what a
-# grain may hold, so it is not offered.
-_LEVELS = {"isal": range(1, 4), "zlib": range(1, 10)}
-_DEFAULT_LEVEL = {"isal": 1, "zlib": 6}
+# grain may hold, so it is not offered; libdeflate level 0 stores, which is no use either.
+_LEVELS = {"isal": range(1, 4), "zlib": range(1, 10), "libdeflate": range(1, 13)}
+_DEFAULT_LEVEL = {"isal": 1, "zlib": 6, "libdeflate": 6}
+
+# Levels whose bytes were the same natively (AVX-512) and under every emulated CPU model of
+# benches/cpu_repro.py (qemu64, Nehalem, Westmere, SandyBridge, Haswell).  ISA-L levels 1-2
+# only with SSE4.2 (qemu64, and Nehalem without it, gave other bytes: ISA-L's baseline path)
+# and the native encoder's fixed stream addresses (see get_engine); level 3 gave three
+# outputs (up to AVX, AVX2, AVX-512).
+REPRODUCIBLE = {"isal": frozenset({1, 2}), "zlib": frozenset(range(1, 10)),
+                "libdeflate": frozenset(range(1, 13))}
+
+# --compression: intent -> (engine, level), chosen from the frontier measured on an OS image
+# by benches/frontier.py (README "Engines"): fast is the fastest engine there is; balanced is
+# no larger than qemu-img's zlib-6 output at several times its speed; small is at most 0.975x
+# its size at the highest speed that reaches it.  All three are reproducible across CPUs.
+PRESETS = {"fast": ("isal", 1), "balanced": ("libdeflate", 6), "small": ("libdeflate", 10)}
 
 
 @dataclass(frozen=True)
@@ -49,12 +82,15 @@ class Engine:
     span_encoder: Any = None
     # Why an engine that has a native span encoder runs without it (same bytes, slower).
     native_unavailable: str | None = None
+    # Why a level that is reproducible elsewhere is not on this CPU (ISA-L without SSE4.2).
+    cpu_note: str | None = None
 
     def describe(self) -> dict[str, object]:
         return {"engine": self.name, "level": self.level, "version": self.version,
                 "reproducible_across_cpus": self.reproducible,
                 "native_span_encoder": self.span_encoder is not None,
-                "native_unavailable": self.native_unavailable}
+                "native_unavailable": self.native_unavailable,
+                "cpu_note": self.cpu_note}
 
 
 def get_engine(name: str = "isal", level: int | None = None) -> Engine:
@@ -77,15 +113,79 @@ def get_engine(name: str = "isal", level: int | None = None) -> Engine:
             # python-isal keeps the stream state on the C stack, so ISA-L's use of its address
             # (see _grains.IsalStream) reaches the bytes: not reproducible.
             compress = functools.partial(_isal_zlib.compress, level=level)
+        cpu_note = _isal_cpu_note() if level in REPRODUCIBLE["isal"] else None
         return Engine("isal", level, "isal %s (ISA-L %s)" % (_isal.__version__, _isal_c_version()),
                       compress,
-                      # levels 1-2: the same bytes on every x86 code path and every run, with
-                      # the stream states the native encoder places (level 3 varies by CPU)
-                      level <= 2 and encoder is not None,
-                      encoder, why_not)
+                      # levels 1-2: the same bytes on every x86-64 CPU with SSE4.2 and every
+                      # run, with the stream states the native encoder places (level 3 varies
+                      # by CPU)
+                      level in REPRODUCIBLE["isal"] and encoder is not None and cpu_note is None,
+                      encoder, why_not, cpu_note)
+    if name == "libdeflate":
+        if _deflate is None:
+            raise UsageError("--engine libdeflate: the deflate package is not installed; "
+                             "use --engine isal or zlib")
+        # deflate.zlib_compress allocates a compressor per call (the GIL held: ~1 % of the
+        # time, measured against a reused one) and releases the GIL while it compresses.
+        return Engine("libdeflate", level, _libdeflate_version(),
+                      functools.partial(_deflate.zlib_compress, compresslevel=level),
+                      level in REPRODUCIBLE["libdeflate"])
     return Engine("zlib", level, "zlib %s" % zlib.ZLIB_RUNTIME_VERSION,
-                  functools.partial(zlib.compress, level=level), True)
+                  functools.partial(zlib.compress, level=level),
+                  level in REPRODUCIBLE["zlib"])
 
+
+def resolve_engine(engine: str | None = None, level: int | None = None,
+                   compression: str | None = None) -> tuple[str, int | None]:
+    """(engine, level) from the command line: ``compression`` is an intent preset (PRESETS)
+    and excludes an explicit engine or level; without it, the engine defaults to isal and
+    the level to the engine's default (None)."""
+    if compression is None:
+        return engine or "isal", level
+    if compression not in PRESETS:
+        raise UsageError("--compression %r: allowed presets are %s"
+                         % (compression, ", ".join(PRESETS)))
+    if engine is not None or level is not None:
+        preset_engine, preset_level = PRESETS[compression]
+        raise UsageError("--compression %s chooses the engine and level itself (%s level %d): "
+                         "give either --compression or --engine/--level, not both"
+                         % (compression, preset_engine, preset_level))
+    return PRESETS[compression]
+
+
+@functools.lru_cache(maxsize=None)
+def _libdeflate_version() -> str:
+    """The deflate package's version and its extension's digest: the wheel bundles its own
+    libdeflate, whose version it does not expose, and the bytes follow that build."""
+    from deflate import _deflate as ext
+    try:
+        with open(ext.__file__, "rb") as f:
+            build = hashlib.sha256(f.read()).hexdigest()[:16]
+    except OSError:  # pragma: no cover - an extension loaded from somewhere unreadable
+        build = "unknown"
+    return "deflate %s (libdeflate bundled, build %s)" % (_deflate.__version__, build)
+
+
+
+@functools.lru_cache(maxsize=None)
+def _isal_cpu_note(machine: str | None = None, cpuinfo: str = "/proc/cpuinfo") -> str | None:
+    """None when ISA-L levels 1-2 take the code path whose bytes every x86-64 CPU with SSE4.2
+    shares; else why this machine's bytes may differ (said on stderr and in --json)."""
+    machine = (machine or platform.machine()).lower()
+    if machine not in ("x86_64", "amd64"):
+        return "ISA-L's output was compared across x86-64 CPUs only (this is %s)" % machine
+    try:
+        with open(cpuinfo, encoding="ascii", errors="replace") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), None)
+    except OSError:
+        flags = None
+    if flags is None:
+        return "this CPU's SSE4.2 support is unknown (no flags in /proc/cpuinfo)"
+    if "sse4_2" not in flags:
+        return ("this CPU lacks SSE4.2: ISA-L takes its baseline code path, whose bytes differ "
+                "from those of every CPU with SSE4.2")
+    return None
 
 
 def _per_thread_compress(encoder: Any) -> Callable[[memoryview], bytes]:
