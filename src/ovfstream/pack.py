@@ -24,6 +24,8 @@ from .manifest import DIGESTS, manifest_size, render_manifest
 from .ova.writer import FrontMembers, MemberSink, SeekableOvaWriter, StreamingOvaWriter
 from .ovf.model import DiskEntry, VirtualMachine
 from .outputs import Inputs
+from .ovf.spec import vm_from_layers
+from .ovf.targets import check_pack, get_target
 from .ovf.writer import pad_to, render_descriptor, reserve_size
 from .pipeline import check_workers
 from .source import RawSource
@@ -71,11 +73,15 @@ class PackResult:
     mtime: int
     seconds: float
     engine: dict[str, object] = field(default_factory=dict)
+    target: str | None = None             # the preset checked against (ovf/targets.py)
+    warnings: tuple[str, ...] = ()        # what the target ignores or only partly honours
+    hint: str = ""                        # how the target imports the package
 
     def as_dict(self) -> dict[str, object]:
         data_read = sum(d.stats.bytes_read for d in self.disks)
         return {
             "operation": "pack", "output": self.output, "form": self.form,
+            "target": self.target, "warnings": list(self.warnings), "hint": self.hint,
             "ovf_version": self.ovf_version, "digest": self.digest_algorithm,
             "workers": self.workers, "mtime": self.mtime, "engine": self.engine,
             "files": [{"name": f.name, "size": f.size, self.digest_algorithm: f.digest}
@@ -136,7 +142,8 @@ def _adapter_for(controller: str, scsi_type: str) -> str:
 
 
 def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
-         vm: VirtualMachine | None = None, ovf_version: str = "1.0", digest: str = "sha256",
+         vm: VirtualMachine | None = None, ovf_version: str | None = None,
+         digest: str | None = None, target: str | None = None,
          parallel: int | None = None, engine: str = "isal", level: int | None = None,
          mtime: int | None = None, signer: Signer | None = None, fsync: bool = True,
          spool_dir: PathLike | None = None, progress: Progress | None = None,
@@ -153,10 +160,21 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
     No output may be one of the disks or of ``inputs`` (other files this pack read: spec,
     key, certificate): UsageError.  A disk that changes while it is read fails the pack
     (SourceChangedError, rule ``source.changed``) and leaves no output.
+
+    ``target`` (ovf/targets.py: vsphere8, proxmox, ...) supplies ``ovf_version`` and
+    ``digest`` when they are None, builds the default VM from its preset, and checks the VM
+    and options against it before anything is read: what the target cannot honour is a
+    UsageError naming the option and the target, what it ignores a warning in the result.
+    Without a target: OVF 1.0, SHA256 and no checks (the output of ``target="generic"``).
     """
     started = time.perf_counter()
     if not disks:
         raise UsageError("pack: at least one disk image is needed")
+    preset = get_target(target, what="--target") if target is not None else None
+    if ovf_version is None:
+        ovf_version = preset.ovf_version.value if preset is not None else "1.0"
+    if digest is None:
+        digest = preset.digest.value if preset is not None else "sha256"
     if digest not in DIGESTS:
         raise UsageError("--digest %r: allowed %s" % (digest, ", ".join(DIGESTS)))
     if ovf_version not in ("1.0", "2.0"):
@@ -165,9 +183,14 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
     eng = get_engine(engine, level)
     form, shown, stem = _output_form(output)
     if vm is None:
-        vm = VirtualMachine(name=stem)
+        vm = (VirtualMachine(name=stem) if preset is None
+              else vm_from_layers([], name=stem, target=preset.name))
     elif form == "ova-stream":
         stem = stream_stem(vm.name)  # a stream has no file name: members follow the VM
+    warnings: list[str] = []
+    if preset is not None:
+        warnings = check_pack(preset, vm, ovf_version=ovf_version, digest=digest,  # type: ignore[arg-type]
+                              disks=len(disks), stem=stem)
 
     with contextlib.ExitStack() as stack:
         sources = [stack.enter_context(RawSource(d, input_format=input_format)) for d in disks]
@@ -278,12 +301,20 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
 
     files = [PackedFile(name, len(data), _digest_of(data, digest)) for name, data in front_out]
     files += [PackedFile(n, size, d) for n, (size, d) in zip(names, disk_files)]
-    return PackResult(output=shown, form=form, ovf_version=ovf_version, digest_algorithm=digest,
+    if preset is not None and preset.name == "vsphere6" and form != "ovf":
+        total = sum(f.size for f in files)
+        if total >= 1 << 30:  # ESXi 6.0's host client: the size is known only now
+            warnings.append("%s is %d bytes: target vsphere6: the ESXi 6.0 host client "
+                            "deploys only files under 1 GB (\"postNFCData failed\"); 6.5 "
+                            "fixed it [vmware-archive/photon-controller#78]" % (shown, total))
+    return PackResult(output=shown, form=form, ovf_version=ovf_version, digest_algorithm=digest,  # type: ignore[arg-type]
                       files=tuple(files),
                       disks=tuple(PackedDisk(os.fspath(src), n, st)
                                   for src, n, st in zip(disks, names, stats)),
                       workers=workers, mtime=mtime, seconds=time.perf_counter() - started,
-                      engine=eng.describe())
+                      engine=eng.describe(), target=preset.name if preset else None,
+                      warnings=tuple(warnings),
+                      hint=preset.hint.replace("NAME", stem) if preset else "")
 
 
 def _check_outputs(form: str, output: PathLike | BinaryIO, shown: str, folder_names: list[str],

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from .cert import check_signature, parse_certificate_file
 from .errors import FormatError, Finding, UnsupportedError, location
 from .manifest import parse_manifest
+from .ovf import targets
+from .ovf.reader import _parse_xml as parse_xml  # the same hardened parse, for the target lint
 from .ovf.reader import parse_descriptor
 from .ovf.summary import Descriptor
 from .ovf.validate import strict_validators
@@ -54,6 +56,8 @@ RULES: dict[str, str] = {
     "disk.unsupported": "a disk file extract cannot read back: not a stream-optimized VMDK "
                         "(descriptor-only, monolithic sparse, COW...) or beyond the reader's "
                         "limits (e.g. capacity over 64 TiB)",
+    # verify --target NAME: raised by ovf/targets.py's lint, listed there.
+    **targets.RULES,
 }
 
 _CHUNK = 8 << 20
@@ -71,6 +75,7 @@ class VerifyResult:
     content_ids: dict[str, str] = field(default_factory=dict)
     # --strict: what judged the descriptor ("structure", "dmtf-xsd 1.1.1", ...)
     validators: list[str] = field(default_factory=list)
+    target: str | None = None   # --target: the preset the package was linted against
 
     @property
     def ok(self) -> bool:
@@ -89,7 +94,7 @@ class VerifyResult:
                 "hash_gb_per_s": round(self.bytes_hashed / self.seconds / 1e9, 3)
                 if self.seconds else None,
                 "content_ids": self.content_ids,
-                "validators": self.validators,
+                "validators": self.validators, "target": self.target,
                 "findings": [f.as_dict() for f in self.findings]}
 
 
@@ -138,14 +143,17 @@ def _order_findings(pkg: Package) -> list[Finding]:
 
 def verify(path: str | os.PathLike[str], *, strict: bool = False, deep: bool = False,
            schema_dir: str | os.PathLike[str] | None = None,
-           now: _dt.datetime | None = None) -> VerifyResult:
+           now: _dt.datetime | None = None, target: str | None = None) -> VerifyResult:
     """Verify an .ova, an .ovf (with its folder) or a bare .vmdk; findings, never a traceback.
 
     ``now`` judges certificate validity periods (default: the current time; pass it to pin).
+    ``target`` (ovf/targets.py) adds ``target.*`` findings: what that importer refuses
+    (error) or ignores (warning) in this package.
     """
     started = time.perf_counter()
     text = os.fspath(path)
-    result = VerifyResult(text)
+    preset = targets.get_target(target, what="--target") if target is not None else None
+    result = VerifyResult(text, target=preset.name if preset else None)
     if text.lower().endswith(".vmdk"):
         # Header errors are raised when the reader opens: they are findings here too, and
         # the reader is closed either way.  UnsupportedError (not a stream VMDK) goes on.
@@ -167,7 +175,8 @@ def verify(path: str | os.PathLike[str], *, strict: bool = False, deep: bool = F
 
     desc_member = pkg.descriptor
     try:
-        descriptor, desc_findings = parse_descriptor(pkg.read_small(desc_member),
+        desc_bytes = pkg.read_small(desc_member)
+        descriptor, desc_findings = parse_descriptor(desc_bytes,
                                                      path=pkg.location(desc_member),
                                                      strict=strict, schema_dir=schema_dir)
     except FormatError as exc:
@@ -261,6 +270,15 @@ def verify(path: str | os.PathLike[str], *, strict: bool = False, deep: bool = F
                     "ova.file.collision", "error", pkg.path, None,
                     "%s and %s would both be extracted as %s (--format %s): one would "
                     "overwrite the other" % (first, second, name, fmt)))
+
+    if preset is not None:
+        result.findings += targets.lint(preset, parse_xml(
+            desc_bytes, pkg.location(desc_member), [], False), targets.LintInput(
+                path=pkg.location(desc_member),
+                manifest_path=pkg.location(mf_member) if mf_member else None,
+                manifest=mf_bytes or None, algorithms=frozenset(e.algorithm for e in entries),
+                members=tuple(m.name for m in pkg.members) if pkg.form == "ova" else (),
+                package_bytes=os.path.getsize(pkg.path) if pkg.form == "ova" else None))
 
     # Disks: each member is read once, however many Disks name it; what extract cannot read
     # back is an error.

@@ -29,6 +29,7 @@ __all__ = [
     "TRANSPORTS",
     "HW_VERSION_MIN",
     "HW_VERSION_MAX",
+    "SATA_SUBTYPES",
     "Nic",
     "Property",
     "Product",
@@ -69,6 +70,11 @@ SECURE_BOOT_MIN_HW = 13
 
 HW_VERSION_MIN = 4
 HW_VERSION_MAX = 21
+
+# ResourceSubType spellings of a SATA (AHCI) controller: VMware's, which VirtualBox also
+# maps, and VirtualBox's own (what it writes; older releases read only that one).
+SATA_SUBTYPES: tuple[str, ...] = ("vmware.sata.ahci", "AHCI")
+_SYSTEM_TYPE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._ -]{0,63}$")
 
 # Property type name accepted from users -> (ovf:type written, is a password).  The written
 # names are DSP0243's (section 9.5: uint8..sint64, real32/real64, string, boolean); "int",
@@ -147,6 +153,8 @@ GUEST_OS: dict[str, GuestOs] = {
     "fedora-64": GuestOs(101, "fedora64Guest", "Red Hat Fedora (64-bit)"),
     "other-linux-64": GuestOs(101, "otherLinux64Guest", "Other Linux (64-bit)"),
     "other-linux": GuestOs(36, "otherLinuxGuest", "Other Linux (32-bit)"),
+    "other3xlinux-64": GuestOs(101, "other3xLinux64Guest", "Other 3.x Linux (64-bit)"),
+    "other4xlinux-64": GuestOs(101, "other4xLinux64Guest", "Other 4.x Linux (64-bit)"),
     "other5xlinux-64": GuestOs(101, "other5xLinux64Guest", "Other 5.x or later Linux (64-bit)"),
     "other6xlinux-64": GuestOs(101, "other6xLinux64Guest", "Other 6.x or later Linux (64-bit)"),
     "freebsd-64": GuestOs(78, "freebsd64Guest", "FreeBSD (64-bit)"),
@@ -339,6 +347,10 @@ class VirtualMachine:
     hw_version: int = 14
     product: Product | None = None
     eula: str | None = None
+    # Target dialect (ovf/targets.py): VirtualSystemType written instead of "vmx-NN"
+    # (VirtualBox's "virtualbox-2.2"), and how SATA controllers are spelled.
+    system_type: str | None = None
+    sata_subtype: str = "vmware.sata.ahci"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -397,6 +409,11 @@ class VirtualMachine:
                             "'iso' only with cdrom = true (the ISO needs a drive)")
         if self.eula is not None:
             _check_text("eula", self.eula, empty_ok=False)
+        if self.system_type is not None and (
+                not isinstance(self.system_type, str) or not _SYSTEM_TYPE_RE.match(self.system_type)):
+            raise _fail("system_type", self.system_type,
+                        "None or 1-64 letters, digits, '.', '_', '-', spaces")
+        _check_choice("sata_subtype", self.sata_subtype, SATA_SUBTYPES)
 
     @property
     def guest(self) -> GuestOs:

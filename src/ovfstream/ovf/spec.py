@@ -8,7 +8,8 @@ with the values and limits of FORMATS.md section 5.1 as checked by :mod:`.model`
     product {product, vendor, version, full_version, product_url, vendor_url, transport,
              properties [{key, type, default, user_configurable, label, description,
                           qualifiers}]},
-    eula (text) | eula_file (path, relative to the spec file)
+    eula (text) | eula_file (path, relative to the spec file),
+    target (a preset of ovf/targets.py: vsphere8, proxmox, ...)
 
 ``nics`` is a list of ``"NET[:TYPE]"`` strings or ``{network, type}`` tables;
 ``disk_slots`` (disk i's controller, boot disk first) a list of ``"CONTROLLER[:SCSI_TYPE]"``
@@ -19,6 +20,11 @@ Layering: ``vm = vm_from_mapping(file_mapping)`` then
 ``vm_from_mapping(flag_mapping, base=vm)``: only keys present (and not None) in the second
 mapping override; ``controller``/``scsi_type`` override the default slot field by field and
 ``product`` keys override the base product key by key (``properties`` as a whole).
+
+Targets: :func:`vm_from_layers` merges the layers (spec file, then flags) and builds the VM on
+the preset of ``target`` (hardware version, controller, NIC type, default guest): explicit
+keys win over the preset, a NIC given without a type takes the preset's type.  A ``target``
+key in a mapping given to :func:`vm_from_mapping` without a base does the same.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ import os
 import re
 import reprlib
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,12 +59,12 @@ else:  # pragma: no cover - Python 3.10 (pyproject declares tomli there)
     import tomli as tomllib
 
 __all__ = ["SPEC_KEYS", "PRODUCT_KEYS", "PROPERTY_KEYS", "load_spec", "vm_from_mapping",
-           "parse_nic", "parse_slot"]
+           "vm_from_layers", "parse_nic", "parse_slot"]
 
 SPEC_KEYS: tuple[str, ...] = (
     "name", "annotation", "cpus", "cores_per_socket", "memory", "os", "firmware",
     "secure_boot", "controller", "scsi_type", "disk_slots", "nics", "cdrom", "hw_version",
-    "product", "eula", "eula_file")
+    "product", "eula", "eula_file", "target")
 PRODUCT_KEYS: tuple[str, ...] = (
     "product", "vendor", "version", "full_version", "product_url", "vendor_url", "transport",
     "properties")
@@ -133,10 +139,11 @@ def _list(path: str, value: object) -> list[Any]:
     return list(value)
 
 
-def parse_nic(text: str, *, path: str = "nics") -> Nic:
-    """``"NET"`` or ``"NET:TYPE"`` (TYPE one of e1000, e1000e, vmxnet3) -> Nic."""
+def parse_nic(text: str, *, path: str = "nics", default_type: str = "e1000") -> Nic:
+    """``"NET"`` or ``"NET:TYPE"`` (TYPE one of e1000, e1000e, vmxnet3) -> Nic; ``"NET"``
+    gets ``default_type`` (a target's NIC type)."""
     _str(path, text)
-    network, adapter = text, "e1000"
+    network, adapter = text, default_type
     if ":" in text:
         network, _, adapter = text.rpartition(":")
         if adapter not in NIC_ADAPTERS:
@@ -157,11 +164,11 @@ def parse_slot(text: str, *, path: str = "disk_slots") -> DiskSlot:
     return DiskSlot(controller=controller, scsi_type=scsi_type or "lsilogic")  # type: ignore[arg-type]
 
 
-def _nic(path: str, value: object) -> Nic:
+def _nic(path: str, value: object, default_type: str = "e1000") -> Nic:
     if isinstance(value, str):
-        return parse_nic(value, path=path)
+        return parse_nic(value, path=path, default_type=default_type)
     table = _mapping(path, value, _NIC_KEYS)
-    kwargs: dict[str, Any] = {}
+    kwargs: dict[str, Any] = {"adapter": default_type}
     if "network" in table:
         kwargs["network"] = _str(path + ".network", table["network"])
     if "type" in table:
@@ -246,14 +253,26 @@ def _read_eula(value: object, base_dir: Path | None) -> str:
 
 
 def vm_from_mapping(mapping: Mapping[str, object], *, base: VirtualMachine | None = None,
-                    base_dir: str | os.PathLike[str] | None = None) -> VirtualMachine:
+                    base_dir: str | os.PathLike[str] | None = None,
+                    nic_type: str = "e1000") -> VirtualMachine:
     """Build (or, with ``base``, override) a VirtualMachine from spec keys.
 
     ``base_dir`` anchors a relative ``eula_file`` (``load_spec`` already makes it absolute).
     Keys whose value is None count as absent, so an argparse namespace can be passed as is.
+    ``nic_type`` is the type of a NIC given without one.  A ``target`` key builds on that
+    preset (:func:`vm_from_layers`); it is refused together with ``base``, whose values the
+    preset would silently replace.
     """
     table = _mapping("", mapping, SPEC_KEYS)
     present = {k: v for k, v in table.items() if v is not None}
+    if "target" in present:
+        if base is not None:
+            raise UsageError("target: give it where the VM is first described (a spec without "
+                             "a base, or vm_from_layers/--target), not as an override")
+        name = present.get("name")
+        rest = {k: v for k, v in present.items() if k != "target"}
+        return vm_from_layers([rest], name=_str("name", name) if name is not None else None,
+                              target=present["target"], base_dir=base_dir)
     anchor = Path(base_dir) if base_dir is not None else None
     if "eula" in present and "eula_file" in present:
         raise UsageError("eula_file: give either eula or eula_file, not both")
@@ -269,7 +288,8 @@ def vm_from_mapping(mapping: Mapping[str, object], *, base: VirtualMachine | Non
         elif key == "hw_version":
             changes[key] = _hw_version(value)
         elif key == "nics":
-            changes[key] = tuple(_nic("nics[%d]" % i, n) for i, n in enumerate(_list(key, value)))
+            changes[key] = tuple(_nic("nics[%d]" % i, n, nic_type)
+                                 for i, n in enumerate(_list(key, value)))
         elif key == "disk_slots":
             changes[key] = tuple(_slot("disk_slots[%d]" % i, s)
                                  for i, s in enumerate(_list(key, value)))
@@ -290,6 +310,62 @@ def vm_from_mapping(mapping: Mapping[str, object], *, base: VirtualMachine | Non
     if "name" not in changes:
         raise UsageError("name: missing (every VM needs a name)")
     return VirtualMachine(**changes)
+
+
+def _merge(layers: Sequence[Mapping[str, object]]) -> dict[str, object]:
+    """One mapping: later layers' keys (not None) win; ``product`` merges key by key and an
+    ``eula`` replaces an earlier ``eula_file`` (and the reverse)."""
+    merged: dict[str, object] = {}
+    for i, layer in enumerate(layers):
+        table = _mapping("", layer, SPEC_KEYS)
+        for key, value in table.items():
+            if value is None:
+                continue
+            if key == "product" and isinstance(merged.get("product"), Mapping) and \
+                    isinstance(value, Mapping):
+                value = {**merged["product"], **value}  # type: ignore[dict-item]
+            if key in ("eula", "eula_file"):
+                merged.pop("eula_file" if key == "eula" else "eula", None)
+                if "eula" in table and "eula_file" in table and \
+                        table["eula"] is not None and table["eula_file"] is not None:
+                    raise UsageError("eula_file: give either eula or eula_file, not both")
+            merged[key] = value
+    return merged
+
+
+def vm_from_layers(layers: Sequence[Mapping[str, object]], *, name: str | None,
+                   target: object = None,
+                   base_dir: str | os.PathLike[str] | None = None) -> VirtualMachine:
+    """The VM of ``layers`` (e.g. [spec file, flags]: later wins) built on ``target``'s preset.
+
+    ``name`` is the VM name unless a layer gives one.  Without a target (None) this is
+    ``vm_from_mapping`` of the merged layers on the plain defaults.  With one, the preset sets
+    hw_version (and VirtualBox's system type), the default controller, the NIC type of NICs
+    given without one (and of the default NIC), the sata spelling and, when no layer names
+    a guest, the OS; everything a layer gives wins.  A layer's ``target`` key is ignored here
+    (the caller resolved it).
+    """
+    from . import targets  # targets imports the model only; spec is its caller
+    merged = _merge([{k: v for k, v in layer.items() if k != "target"} for layer in layers])
+    if name is None and "name" not in merged:
+        raise UsageError("name: missing (every VM needs a name)")
+    base_name = name if name is not None else _str("name", merged["name"])
+    if target is None:
+        return vm_from_mapping(merged, base=VirtualMachine(name=base_name), base_dir=base_dir)
+    preset = targets.get_target(target)
+    os_key = merged.get("os")
+    os_text = os_key if isinstance(os_key, str) else None
+    hw_given = "hw_version" in merged
+    fields = targets.vm_fields(preset, os_text, hw_given=hw_given)
+    if "scsi_type" in merged and "controller" not in merged:
+        # The preset's controller may be SATA; a SCSI model names a SCSI controller.
+        fields["default_slot"] = DiskSlot(controller="scsi")
+    try:
+        base = VirtualMachine(name=base_name, **fields)
+        return vm_from_mapping(merged, base=base, base_dir=base_dir,
+                               nic_type=preset.nic_type(os_text))
+    except UsageError as exc:
+        raise targets.explain(exc, preset, hw_given=hw_given) from None
 
 
 def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -313,7 +313,7 @@ class _Builder:
         vssd = self.sub(hw, "System")
         for key, value in (("ElementName", "Virtual Hardware Family"), ("InstanceID", "0"),
                            ("VirtualSystemIdentifier", vm.name),
-                           ("VirtualSystemType", "vmx-%02d" % vm.hw_version)):
+                           ("VirtualSystemType", vm.system_type or "vmx-%02d" % vm.hw_version)):
             etree.SubElement(vssd, "{%s}%s" % (NS_VSSD, key)).text = value
 
         cpu = self.item(hw, {
@@ -336,7 +336,9 @@ class _Builder:
                       "ElementName": "%s Controller %d" % (ctl.kind.label, ctl.bus),
                       "ResourceType": str(ctl.kind.resource_type)}
             if ctl.kind.subtype is not None:
-                fields["ResourceSubType"] = ctl.kind.subtype
+                # SATA's spelling is the target's (VirtualBox writes and reads "AHCI").
+                fields["ResourceSubType"] = (vm.sata_subtype if ctl.kind is _SATA
+                                             else ctl.kind.subtype)
             self.item(hw, fields)
 
         for n, (row, (ctl, unit)) in enumerate(zip(self.rows, self.plan.disk_places), 1):
