@@ -31,10 +31,16 @@ def _common(p: argparse.ArgumentParser, *, engine: bool = True) -> None:
     p.add_argument("--parallel", type=int, default=None, metavar="N",
                    help="worker threads (default: the CPUs available)")
     if engine:
-        p.add_argument("--engine", default="isal", choices=("isal", "zlib"),
-                       help="deflate engine (default isal: ISA-L, reproducible at levels 1-2)")
+        p.add_argument("--engine", default=None, choices=("isal", "zlib", "libdeflate"),
+                       help="deflate engine (default isal: ISA-L, reproducible at levels 1-2; "
+                            "zlib and libdeflate at every level)")
         p.add_argument("--level", type=int, default=None,
-                       help="compression level (isal 1-3, default 1; zlib 1-9, default 6)")
+                       help="compression level (isal 1-3, default 1; zlib 1-9, default 6; "
+                            "libdeflate 1-12, default 6)")
+        p.add_argument("--compression", default=None, choices=("fast", "balanced", "small"),
+                       help="intent instead of --engine/--level: fast = isal 1 (default), "
+                            "balanced = libdeflate 6 (smaller than qemu-img's zlib-6, ~2.5x "
+                            "its speed per core), small = libdeflate 10 (~0.97x zlib-6's size)")
         p.add_argument("--input-format", default="auto", choices=("auto", "raw"),
                        help="auto (default): detect by content and refuse qcow2, VMDK, VHD(X), "
                             "compressed and other non-raw images; raw: take the bytes as they are")
@@ -46,8 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ovfstream",
                      description="Raw disk images to stream-optimized VMDKs and OVF/OVA "
                                  "appliances, in one pass.")
-    parser.add_argument("--version", action="version", version="ovfstream " + __version__)
+    from .vmdk.writer import NATIVE  # the compiled core, or the pure-Python twin (slower)
+    parser.add_argument("--version", action="version", version="ovfstream %s (%s, Python %s)" % (
+        __version__, "native core" if NATIVE else "pure-Python core: ovfstream._grains is absent",
+        ".".join(map(str, sys.version_info[:3]))))
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from .ovf.targets import target_names  # loaded with the package already (pack.py)
+    target_names_text = ", ".join(target_names())
 
     p = sub.add_parser("convert", help="raw image -> bare stream-optimized VMDK")
     p.add_argument("source", help="raw disk image (file or block device)")
@@ -62,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True,
                    help="NAME.ova, DIR/NAME.ovf (folder form) or - (OVA on stdout)")
     p.add_argument("--spec", help="VM description file (.toml, .yaml, .json); flags override it")
+    p.add_argument("--target", metavar="NAME",
+                   help="import target preset (ovfstream targets): " + target_names_text + "; "
+                        "flags and spec keys override it; default: generic")
     vm = p.add_argument_group("virtual machine (override --spec)")
     vm.add_argument("--name", help="VM name (default: the output's name)")
     vm.add_argument("--annotation")
@@ -80,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     vm.add_argument("--cdrom", action="store_const", const=True, default=None,
                     help="add a CD-ROM drive")
     vm.add_argument("--hw-version", help="virtual hardware version N or vmx-N (default 14)")
-    p.add_argument("--ovf-version", default="1.0", help="1.0 (default, widest support) or 2.0")
-    p.add_argument("--digest", default="sha256", help="manifest digest: sha1, sha256, sha512")
+    p.add_argument("--ovf-version", default=None,
+                   help="1.0 (default, widest support) or 2.0")
+    p.add_argument("--digest", default=None,
+                   help="manifest digest: sha1, sha256 (default), sha512; --target may change it")
     p.add_argument("--sign-key", metavar="KEY.pem", help="sign the manifest into NAME.cert")
     p.add_argument("--sign-cert", metavar="CERT.pem", help="signer certificate (+ chain)")
     p.add_argument("--spool-dir", help="where -o - keeps compressed disks until they stream")
@@ -105,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "plus the DMTF OVF XSDs when installed)")
     p.add_argument("--deep", action="store_true",
                    help="also inflate every grain: content id, populated size")
+    p.add_argument("--target", metavar="NAME",
+                   help="also lint against what this importer reads (target.* findings): "
+                        + target_names_text)
     p.add_argument("--schema-dir", help="folder with the DMTF XSDs (ovf-1.0.0/, ovf-1.1.1/, "
                                         "ovf-2.0.1/) for --strict; default: "
                                         "$OVFSTREAM_SCHEMA_DIR, then "
@@ -112,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
                                         "../shared/ovf-schemas beside a source checkout")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="print errors only")
+
+    p = sub.add_parser("targets", help="the import target presets: values, reasons, sources")
+    p.add_argument("name", nargs="?", help="one preset (default: all)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
     p = sub.add_parser("inspect", help="what a package or VMDK declares, on one screen")
     p.add_argument("package", help="an .ova, an .ovf, a package folder, or a .vmdk")
@@ -129,14 +152,21 @@ def _say(text: str) -> None:
 
 
 def _engine_note(args: argparse.Namespace) -> None:
-    """Say once, on stderr, when the engine runs without its native span encoder: slower,
+    """Resolve --compression into args.engine/args.level (UsageError when it meets either);
+    then say once, on stderr, when the engine runs without its native span encoder: slower,
     and ISA-L's bytes then follow where python-isal's stream state lies in memory (engine.py),
     so they are not reproducible (--json: engine.native_unavailable, reproducible false)."""
-    from .engine import get_engine
-    why = get_engine(args.engine, args.level).native_unavailable
+    from .engine import get_engine, resolve_engine
+    args.engine, args.level = resolve_engine(args.engine, args.level, args.compression)
+    engine = get_engine(args.engine, args.level)
+    why = engine.native_unavailable
     if why and not args.quiet:
         _say("ovfstream: note: the native span encoder is not used (%s): compression is "
-             "slower and its bytes are not reproducible run to run; --engine zlib is" % why)
+             "slower and its bytes are not reproducible run to run; --engine libdeflate or zlib "
+             "are" % why)
+    elif engine.cpu_note and not args.quiet:
+        _say("ovfstream: note: %s (--json: reproducible_across_cpus false); --engine libdeflate "
+             "or zlib give the same bytes on every x86-64 CPU" % engine.cpu_note)
 
 
 def _cmd_convert(args: argparse.Namespace) -> int:
@@ -170,18 +200,22 @@ def _cmd_extract(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _vm_from_args(args: argparse.Namespace, stem: str) -> Any:
-    from .ovf.model import VirtualMachine
-    from .ovf.spec import load_spec, vm_from_mapping
-    vm = VirtualMachine(name=stem)
-    if args.spec:
-        vm = vm_from_mapping(load_spec(args.spec), base=vm)
+def _vm_from_args(args: argparse.Namespace, stem: str) -> tuple[Any, str | None]:
+    """The VM of --spec and the flags, on the preset of --target (or the spec's target):
+    (vm, target name or None)."""
+    from .ovf.spec import load_spec, vm_from_layers
+    from .ovf.targets import get_target
+    spec = load_spec(args.spec) if args.spec else {}
+    target = args.target if args.target is not None else spec.get("target")
+    if target is not None:
+        target = get_target(target, what="--target" if args.target is not None
+                            else "target (in %s)" % args.spec).name
     flags = {"name": args.name, "annotation": args.annotation, "cpus": args.cpus,
              "cores_per_socket": args.cores_per_socket, "memory": args.memory, "os": args.os,
              "firmware": args.firmware, "secure_boot": args.secure_boot,
              "controller": args.controller, "scsi_type": args.scsi_type,
              "nics": args.nic, "cdrom": args.cdrom, "hw_version": args.hw_version}
-    return vm_from_mapping(flags, base=vm)
+    return vm_from_layers([spec, flags], name=stem, target=target), target
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
@@ -198,21 +232,23 @@ def _cmd_pack(args: argparse.Namespace) -> int:
         stem, output = os.path.splitext(os.path.basename(args.output))[0], args.output
     if args.spec:
         check_input_node(args.spec)  # a FIFO would hang the read
-    vm = _vm_from_args(args, stem)
+    vm, target = _vm_from_args(args, stem)
     signer = None
     if args.sign_key or args.sign_cert:
         if not (args.sign_key and args.sign_cert):
             raise UsageError("--sign-key and --sign-cert go together")
+        from .ovf.targets import get_target
         signer = Signer(private_key_pem=read_input_file(args.sign_key),
                         certificate_chain_pem=read_input_file(args.sign_cert),
-                        digest=args.digest)
+                        digest=args.digest or (get_target(target).digest.value if target
+                                               else "sha256"))
     also_read = [p for p in (args.spec, args.sign_key, args.sign_cert) if p]
     _engine_note(args)
     with progress_bars(enabled=not args.quiet) as bars:
         result = pack(args.disks, output, vm=vm, ovf_version=args.ovf_version,
                       digest=args.digest, parallel=args.parallel, engine=args.engine,
                       level=args.level, signer=signer, spool_dir=args.spool_dir, progress=bars,
-                      inputs=also_read, input_format=args.input_format)
+                      inputs=also_read, input_format=args.input_format, target=target)
     if args.json:
         doc = result.as_dict()
         if args.output == "-":  # stdout carries the OVA: the JSON goes to stderr
@@ -226,12 +262,18 @@ def _cmd_pack(args: argparse.Namespace) -> int:
         _say("%s: %d disk(s), %.2f s, %.3f GB/s read" % (
             result.output, len(result.disks), result.seconds,
             read / result.seconds / 1e9 if result.seconds else 0.0))
+        if result.hint:
+            _say("%s %s" % (result.target, result.hint))
+    if not args.json:  # --json carries them in "warnings"
+        for warning in result.warnings:
+            _say("ovfstream: warning: %s" % warning)
     return EXIT_OK
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify
-    result = verify(args.package, strict=args.strict, deep=args.deep, schema_dir=args.schema_dir)
+    result = verify(args.package, strict=args.strict, deep=args.deep, schema_dir=args.schema_dir,
+                    target=args.target)
     if args.json:
         _emit_json(result.as_dict())
     else:
@@ -244,6 +286,19 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                 sum(f.severity == "warning" for f in result.findings),
                 result.digests_checked, result.seconds))
     return EXIT_OK if result.ok else EXIT_CHECK
+
+
+def _cmd_targets(args: argparse.Namespace) -> int:
+    from .ovf.targets import TARGETS, describe, get_target
+    chosen = [get_target(args.name, what="targets NAME")] if args.name else list(TARGETS.values())
+    if args.json:
+        _emit_json({"operation": "targets", "targets": [t.as_dict() for t in chosen]})
+        return EXIT_OK
+    lines: list[str] = []
+    for t in chosen:
+        lines += list(describe(t)) + [""]
+    sys.stdout.write("\n".join(lines))
+    return EXIT_OK
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -268,7 +323,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"convert": _cmd_convert, "extract": _cmd_extract, "pack": _cmd_pack,
-            "verify": _cmd_verify, "inspect": _cmd_inspect}
+            "verify": _cmd_verify, "inspect": _cmd_inspect, "targets": _cmd_targets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
