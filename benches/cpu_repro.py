@@ -216,15 +216,16 @@ def qemu_version() -> str | None:
 def print_table(doc: dict[str, Any]) -> None:
     runs = doc["runs"]
     labels = list(runs)
-    print("| engine-level | " + " | ".join(labels) + " | same on all |")
-    print("|---" * (len(labels) + 2) + "|")
+    print("| engine-level | " + " | ".join(labels) + " | outputs | same on all |")
+    print("|---" * (len(labels) + 3) + "|")
     keys = next((r["results"] for r in runs.values() if "results" in r), {})
     for key in keys:
         digests = [runs[label].get("results", {}).get(key) for label in labels]
         first = digests[0]
         cells = ["%s%s" % (d[:8] if d else "error", "" if d == first else " (differs)")
                  for d in digests]
-        print("| %s | %s | %s |" % (key, " | ".join(cells), "yes" if doc["same"][key] else "**no**"))
+        print("| %s | %s | %d | %s |" % (key, " | ".join(cells), len(set(digests)),
+                                        "yes" if doc["same"][key] else "**no**"))
     print()
     for label, r in runs.items():
         if "error" in r:
