@@ -2,12 +2,13 @@
 
 The .pyx is cythonized when the extension is built, not when this file is imported: making
 the sdist needs neither Cython nor a compiler, and the sdist carries grains.pyx, never the
-generated grains.c (MANIFEST.in), so every build cythonizes with the Cython that
-pyproject.toml's build requirements pin.
+generated grains.c (MANIFEST.in), so every build cythonizes it with a Cython that
+pyproject.toml's build requirements name.
 
 OVFSTREAM_PURE_PYTHON=1 leaves the extension out: a py3-none-any wheel for a platform with
-no compiler, whose VMDK writer runs the pure-Python twin (ovfstream.grains_py): the same
-bytes, slower (README "Install").
+no compiler, whose VMDK writer runs the pure-Python twin (ovfstream.grains_py).  Measured about
+as fast (ISA-L compresses either way), but without the native encoder ISA-L's bytes are not
+reproducible; --engine zlib's are (README "Install").
 """
 
 import os
@@ -22,7 +23,8 @@ _HELP = """
 ovfstream: the native core (src/_native/grains.pyx -> ovfstream._grains) did not compile:
   {error}
 It needs a C compiler and the Python headers (Debian/Ubuntu: apt-get install gcc python3-dev).
-Or install the pure-Python build, which writes the same bytes more slowly:
+Or install the pure-Python build: about as fast, but the default ISA-L engine's output is then
+not byte-reproducible (--engine zlib's is):
   OVFSTREAM_PURE_PYTHON=1 pip install ovfstream-<version>.tar.gz
 """
 
