@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -165,6 +166,13 @@ def qemu_compare(src: Path, vmdk: Path) -> bool:
                           capture_output=True).returncode == 0
 
 
+def children_cpu() -> float:
+    """CPU seconds of every waited-for descendant so far: run_child's launcher waits for the
+    command, so the delta around a run is that run's CPU time (plus the launcher's ~10 ms)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def frontier(src: Path, work: Path, levels: list[tuple[str, int]], *, workers: int,
              compare_all: bool, log: Any) -> dict[str, Any]:
     from ovfstream.engine import PRESETS, _DEFAULT_LEVEL
@@ -184,14 +192,19 @@ def frontier(src: Path, work: Path, levels: list[tuple[str, int]], *, workers: i
     out = work / "ovfs.vmdk"
     for name, level in levels:
         out.unlink(missing_ok=True)
+        cpu0 = children_cpu()
         run = run_child(ovfs_cmd("convert", str(src), "-o", str(out), "--engine", name,
                                  "--level", str(level), "--parallel", str(workers), "--json",
                                  "--quiet"), env=env)
+        cpu = children_cpu() - cpu0
         doc = json.loads(run.stdout)
         size = out.stat().st_size
         key = "%s-%d" % (name, level)
         row = {"engine": name, "level": level, "wall_s": round(run.wall, 3),
-               "inner_s": doc["seconds"], "output_bytes": size,
+               "inner_s": doc["seconds"], "cpu_s": round(cpu, 3),
+               # about the worker count when the run had the cores to itself; less means
+               # another job took them (or the engine does not scale)
+               "cores_used": round(cpu / run.wall, 2), "output_bytes": size,
                "size_over_qemu": round(size / qemu["output_bytes"], 4),
                "speed_over_qemu": round(qemu["wall_s"] / run.wall, 2),
                "peak_rss_mib": run.maxrss_bytes // MIB,
@@ -202,8 +215,9 @@ def frontier(src: Path, work: Path, levels: list[tuple[str, int]], *, workers: i
         if not row["qemu_img_check"] or row.get("qemu_img_compare") is False:
             failed.append(key)
         rows[key] = row
-        log("%-14s %7.2f s  %.4fx size  %5.1fx speed  check %s%s" % (
-            key, run.wall, row["size_over_qemu"], row["speed_over_qemu"], row["qemu_img_check"],
+        log("%-14s %7.2f s  %4.2f cores  %.4fx size  %5.1fx speed  check %s%s" % (
+            key, run.wall, row["cores_used"], row["size_over_qemu"], row["speed_over_qemu"],
+            row["qemu_img_check"],
             "  compare %s" % row["qemu_img_compare"] if "qemu_img_compare" in row else ""))
     out.unlink(missing_ok=True)
     return {"qemu_img": qemu, "rows": rows, "failed": failed,
@@ -217,16 +231,17 @@ def markdown(doc: dict[str, Any]) -> str:
     pc = doc.get("per_core", {}).get("rows", {})
     sc = doc.get("scaling", {}).get("rows", {})
     presets = {v: k for k, v in f["presets"].items()}
-    lines = ["| engine level | wall -p%d | × qemu-img speed | size vs qemu-img | MB/s per core "
-             "| payload vs zlib-6 | 1→2 threads | same bytes on every x86 CPU |" % doc["workers"],
-             "|---|---|---|---|---|---|---|---|",
-             "| qemu-img convert (zlib 6) | %.2f s | 1.0 | 1.000 | | | | |"
+    lines = ["| engine level | wall -p%d | cores used | × qemu-img speed | size vs qemu-img "
+             "| MB/s per core | payload vs zlib-6 | 1→2 threads | same bytes on every x86 CPU |"
+             % doc["workers"],
+             "|---|---|---|---|---|---|---|---|---|",
+             "| qemu-img convert (zlib 6) | %.2f s | | 1.0 | 1.000 | | | | |"
              % f["qemu_img"]["wall_s"]]
     for key, r in f["rows"].items():
         name = key + (" (`%s`)" % presets[key] if key in presets else "")
         p = pc.get(key, {})
-        lines.append("| %s | %.2f s | %.1f | %.3f | %s | %s | %s | %s |" % (
-            name, r["wall_s"], r["speed_over_qemu"], r["size_over_qemu"],
+        lines.append("| %s | %.2f s | %.2f | %.1f | %.3f | %s | %s | %s | %s |" % (
+            name, r["wall_s"], r["cores_used"], r["speed_over_qemu"], r["size_over_qemu"],
             p.get("mb_per_s_per_core", ""), p.get("payload_over_zlib6", ""),
             "%.2f×" % sc[key]["scaling"] if key in sc else "",
             "yes" if r["reproducible_across_cpus"] else "no"))
