@@ -444,3 +444,15 @@ def test_output_kind_words(tmp_path):
         atomic.output_kind(tmp_path / "p")
     assert atomic.output_kind(tmp_path / "missing") == "new"
     assert atomic.output_kind(os.devnull) == "null"
+
+
+def test_missing_output_folder_names_the_output_not_the_temporary(tmp_path, capsys):
+    from ovfstream import cli
+    raw = tmp_path / "d.raw"
+    raw.write_bytes(b"\x01" * 70000)
+    out = tmp_path / "missing" / "x.ova"
+    assert cli.main(["pack", str(raw), "-o", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert str(out) in err and "does not exist" in err and ".partial" not in err
+    assert cli.main(["convert", str(raw), "-o", str(tmp_path / "missing" / "x.vmdk")]) == 1
+    assert ".partial" not in capsys.readouterr().err

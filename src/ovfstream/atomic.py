@@ -98,6 +98,11 @@ def _create_temp(final: str) -> tuple[str, int]:
             return temp, os.open(temp, flags, 0o666)
         except FileExistsError:  # taken (by anyone, or a planted link): draw another name
             continue
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            # Name the output and its folder, not the temporary the user never asked for.
+            folder = os.path.dirname(final) or "."
+            raise type(exc)(exc.errno, "the output's folder %s does not exist or is not a "
+                            "folder" % folder, final) from None
     raise FileExistsError(errno.EEXIST, "no free temporary name beside it", final)
 
 
