@@ -221,7 +221,7 @@ def _vm_from_args(args: argparse.Namespace, stem: str) -> tuple[Any, str | None]
 def _cmd_pack(args: argparse.Namespace) -> int:
     from .pack import Signer, pack
     from .progress import progress_bars
-    from .outputs import check_input_node, read_input_file
+    from .regular import check_regular, read_regular
     if args.output == "-":
         if sys.stdout is None:  # started with stdout closed
             raise UsageError("-o -: stdout is closed; redirect it to a file or a pipe")
@@ -231,15 +231,15 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     else:
         stem, output = os.path.splitext(os.path.basename(args.output))[0], args.output
     if args.spec:
-        check_input_node(args.spec)  # a FIFO would hang the read
+        check_regular(args.spec)  # a FIFO would hang the read
     vm, target = _vm_from_args(args, stem)
     signer = None
     if args.sign_key or args.sign_cert:
         if not (args.sign_key and args.sign_cert):
             raise UsageError("--sign-key and --sign-cert go together")
         from .ovf.targets import get_target
-        signer = Signer(private_key_pem=read_input_file(args.sign_key),
-                        certificate_chain_pem=read_input_file(args.sign_cert),
+        signer = Signer(private_key_pem=read_regular(args.sign_key),
+                        certificate_chain_pem=read_regular(args.sign_cert),
                         digest=args.digest or (get_target(target).digest.value if target
                                                else "sha256"))
     also_read = [p for p in (args.spec, args.sign_key, args.sign_cert) if p]

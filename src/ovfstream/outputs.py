@@ -4,19 +4,16 @@ Files are compared by identity (``st_dev``, ``st_ino``, following symbolic links
 link, a symbolic link or another spelling of an input's path is caught as well as the path
 itself.  Temporaries cannot alias anything: atomic.py creates each one new, ``O_EXCL``.
 
-Also here: the type check of small input files (spec, key, certificate) before they are
-opened, so that a FIFO cannot hang a run, and the exception that SIGTERM/SIGHUP raise.
+Also here: the exception that SIGTERM/SIGHUP raise.  (Input files are opened by regular.py.)
 """
 
 from __future__ import annotations
 
 import os
-import stat
 
-from .atomic import node_kind
 from .errors import UsageError
 
-__all__ = ["Inputs", "Terminated", "read_input_file", "check_input_node"]
+__all__ = ["Inputs", "Terminated"]
 
 FileId = tuple[int, int]
 
@@ -63,32 +60,3 @@ class Inputs:
     def check_outputs(self, paths: list[str]) -> None:
         for path in paths:
             self.check_output(path)
-
-
-def check_input_node(path: str | os.PathLike[str], *, allowed: str = "a regular file"
-                     ) -> os.stat_result:
-    """Stat ``path`` (following links) and refuse anything but a regular file: a FIFO or a
-    device would block or never end.  Returns the stat result."""
-    st = os.stat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise UsageError("%s: a %s, not %s" % (os.fspath(path), node_kind(st.st_mode), allowed))
-    return st
-
-
-def read_input_file(path: str | os.PathLike[str], inputs: Inputs | None = None) -> bytes:
-    """The bytes of a small input file (a key, a certificate), checked to be a regular file
-    and opened non-blocking, so that a FIFO swapped in after the check cannot hang."""
-    check_input_node(path)
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UsageError("%s: a %s, not a regular file" % (os.fspath(path),
-                                                                node_kind(st.st_mode)))
-        if inputs is not None:
-            inputs.add(path, st)
-        os.set_blocking(fd, True)
-        with open(fd, "rb", closefd=False) as f:
-            return f.read()
-    finally:
-        os.close(fd)

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import xxhash
 
-from .atomic import node_kind
 from .errors import FormatError, UsageError
+from .regular import open_regular_fd
 from .sources.detect import check_input_format, require_input_format
 from .vmdk.layout import GRAIN_BYTES, SPAN_BYTES, SPAN_GRAINS, capacity_sectors_for
 
@@ -36,28 +36,6 @@ RULES = {
 class SourceChangedError(FormatError):
     """A raw source changed under the reader (short read, size or mtime moved)."""
 
-
-def _open_disk(path: str) -> int:
-    """Open a raw image read-only; only a regular file or a block device.
-
-    The type is checked before the open (a FIFO would block the open itself, a terminal or
-    other character device would never end), and the open is non-blocking in case the
-    node is swapped between the two; then the descriptor is made blocking again.
-    """
-    st = os.stat(path)
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
-        raise UsageError("%s: a %s, not a regular file or block device (a disk image is read "
-                         "by offset)" % (path, node_kind(st.st_mode)))
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
-    try:
-        now = os.fstat(fd)
-        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
-            raise UsageError("%s: replaced by another file while being opened" % path)
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
 
 Extent = tuple[int, int]  # [start, end) in bytes
 _ZEROS = bytes(SPAN_BYTES)  # calloc'ed: copying from it touches no private pages
@@ -76,13 +54,13 @@ class RawSource:
     def __init__(self, path: str | os.PathLike[str], *, input_format: str = "auto") -> None:
         require_input_format(input_format)  # a usage error before anything is opened
         self.path = os.fspath(path)
-        self._fd = _open_disk(self.path)
+        self._fd = open_regular_fd(self.path, block_devices=True)
         try:
             st = os.fstat(self._fd)
             if stat.S_ISREG(st.st_mode):
                 self.size_bytes = st.st_size
                 self.extents = self._data_extents(self.size_bytes)
-            else:  # a block device (_open_disk let nothing else through)
+            else:  # a block device (open_regular_fd let nothing else through)
                 self.size_bytes = os.lseek(self._fd, 0, os.SEEK_END)
                 self.extents = [(0, self.size_bytes)] if self.size_bytes else []
             self.mtime = int(st.st_mtime)
