@@ -25,7 +25,7 @@ from .ova.writer import FrontMembers, MemberSink, SeekableOvaWriter, StreamingOv
 from .ovf.model import DiskEntry, VirtualMachine
 from .outputs import Inputs
 from .ovf.spec import vm_from_layers
-from .ovf.targets import check_pack, get_target
+from .ovf.targets import check_pack, check_packed_size, get_target
 from .ovf.writer import pad_to, render_descriptor, reserve_size
 from .pipeline import check_workers
 from .source import RawSource
@@ -301,12 +301,8 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
 
     files = [PackedFile(name, len(data), _digest_of(data, digest)) for name, data in front_out]
     files += [PackedFile(n, size, d) for n, (size, d) in zip(names, disk_files)]
-    if preset is not None and preset.name == "vsphere6" and form != "ovf":
-        total = sum(f.size for f in files)
-        if total >= 1 << 30:  # ESXi 6.0's host client: the size is known only now
-            warnings.append("%s is %d bytes: target vsphere6: the ESXi 6.0 host client "
-                            "deploys only files under 1 GB (\"postNFCData failed\"); 6.5 "
-                            "fixed it [vmware-archive/photon-controller#78]" % (shown, total))
+    if preset is not None and form != "ovf":  # the OVA's size is known only now
+        warnings += check_packed_size(preset, shown, sum(f.size for f in files))
     return PackResult(output=shown, form=form, ovf_version=ovf_version, digest_algorithm=digest,  # type: ignore[arg-type]
                       files=tuple(files),
                       disks=tuple(PackedDisk(os.fspath(src), n, st)

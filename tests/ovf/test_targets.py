@@ -567,3 +567,12 @@ def test_ovf09_is_not_read_by_proxmox_or_ovirt() -> None:
     for target in ("proxmox", "ovirt"):
         found = {f.rule: f.severity for f in lint(target, root, LintInput(path="old.ovf"))}
         assert found == {"target.ovf_version": "error"}, target
+
+
+def test_packed_size_warning_follows_the_targets_size_lint():
+    from ovfstream.ovf.targets import check_packed_size, get_target
+    vsphere6 = get_target("vsphere6")
+    (text,) = check_packed_size(vsphere6, "big.ova", 1 << 30)
+    assert text.startswith("big.ova is 1073741824 bytes: target vsphere6:") and "postNFCData" in text
+    assert check_packed_size(vsphere6, "small.ova", (1 << 30) - 1) == []
+    assert check_packed_size(get_target("vsphere8"), "big.ova", 5 << 30) == []

@@ -754,6 +754,19 @@ def check_pack(target: Target, vm: VirtualMachine, *, ovf_version: str, digest: 
     return warnings
 
 
+_ONE_GB = 1 << 30
+_SIZE_1GB = ("the ESXi 6.0 host client deploys only files under 1 GB (\"postNFCData "
+             "failed\"); 6.5 fixed it [vmware-archive/photon-controller#78]")
+
+
+def check_packed_size(target: Target, shown: str, size: int) -> list[str]:
+    """pack's warnings about the finished package's size, known only at the end (the same
+    check verify --target makes: the target's ``size_1gb`` lint)."""
+    if "size_1gb" in target.lint and size >= _ONE_GB:
+        return ["%s is %d bytes: target %s: %s" % (shown, size, target.name, _SIZE_1GB)]
+    return []
+
+
 def explain(exc: UsageError, target: Target, *, hw_given: bool) -> UsageError:
     """A model error caused by the preset's hardware version, with the target named."""
     text = str(exc)
@@ -1124,10 +1137,8 @@ class _Lint:
 
     def lint_size_1gb(self) -> None:
         size = self.info.package_bytes
-        if size is not None and size >= 1 << 30:
-            self.add("target.limits", "warning", "the OVA is %d bytes: the ESXi 6.0 host client "
-                     "deploys only files under 1 GB (\"postNFCData failed\"); 6.5 fixed it "
-                     "[vmware-archive/photon-controller#78]" % size)
+        if size is not None and size >= _ONE_GB:
+            self.add("target.limits", "warning", "the OVA is %d bytes: %s" % (size, _SIZE_1GB))
 
     # -- units -----------------------------------------------------------------------------
     def _memory(self) -> _Item | None:
