@@ -100,9 +100,7 @@ def extract(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
             for (m, _name, is_disk), target in zip(plan, targets):
                 dst = group.open(target)
                 if is_disk:
-                    with VmdkReader(m.path, name=pkg.path if pkg.form == "ova" else m.path,
-                                    member=m.name if pkg.form == "ova" else None,
-                                    base_offset=m.offset, size=m.size) as reader:
+                    with pkg.open_vmdk(m) as reader:
                         write = write_zst if format == "zst" else write_raw
                         summary.disks.append(write(reader, dst, path=target))
                 else:

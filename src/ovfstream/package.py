@@ -21,6 +21,7 @@ from .regular import open_regular
 
 if TYPE_CHECKING:
     from .ovf.summary import Descriptor
+    from .vmdk.reader import VmdkReader
 
 __all__ = ["Member", "Package", "open_package", "MAX_SMALL_MEMBER", "FORMATS", "own_members",
            "extract_plan", "output_collisions"]
@@ -69,6 +70,15 @@ class Package:
             f.close()
             raise
         return f
+
+    def open_vmdk(self, member: Member) -> "VmdkReader":
+        """A VMDK reader over ``member``: inside the OVA (errors name the OVA and the member)
+        or the folder's file."""
+        from .vmdk.reader import VmdkReader
+        inside = self.form == "ova"
+        return VmdkReader(member.path, name=self.path if inside else member.path,
+                          member=member.name if inside else None,
+                          base_offset=member.offset, size=member.size)
 
     def read_small(self, member: Member) -> bytes:
         if member.size > MAX_SMALL_MEMBER:

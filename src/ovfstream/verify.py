@@ -308,9 +308,7 @@ def _verify_member_disk(result: VerifyResult, pkg: Package, m: Member, *, deep: 
                         ) -> tuple[int, VerifyReport] | None:
     """Open and check one disk member; (capacity, report), or None when it cannot be read."""
     try:
-        reader = VmdkReader(m.path, name=pkg.path if pkg.form == "ova" else m.path,
-                            member=m.name if pkg.form == "ova" else None,
-                            base_offset=m.offset, size=m.size)
+        reader = pkg.open_vmdk(m)
     except FormatError as exc:
         result.findings.append(exc.finding())
         return None
