@@ -162,7 +162,7 @@ def ovfs_cmd(*args: str) -> list[str]:
 
 def warm(path: Path) -> int:
     """Read the data extents once so every case starts from the same (warm) page cache."""
-    from ovfstream.source import RawSource
+    from ovfstream.sources.raw import RawSource
     n = 0
     with RawSource(path) as src, open(path, "rb", buffering=0) as f:
         for start, end in src.extents:
@@ -185,7 +185,7 @@ def deflate_cpu(path: Path, *, engine: str = "isal", level: int = 1) -> tuple[fl
     """
     from ovfstream import _grains
     from ovfstream.engine import get_engine
-    from ovfstream.source import RawSource
+    from ovfstream.sources.raw import RawSource
     from ovfstream.vmdk.layout import GRAIN_BYTES, SPAN_BYTES
     compress = get_engine(engine, level).compress
     buf = bytearray(SPAN_BYTES)

@@ -78,7 +78,7 @@ def all_levels() -> list[tuple[str, int]]:
 def sample_grains(path: Path, every: int) -> list[bytes]:
     """Every ``every``-th non-zero grain that ovfstream compresses (its own span reads)."""
     from ovfstream import _grains
-    from ovfstream.source import RawSource
+    from ovfstream.sources.raw import RawSource
     from ovfstream.vmdk.layout import SPAN_BYTES
     buf = bytearray(SPAN_BYTES)
     out: list[bytes] = []
@@ -340,7 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scale_keys = [k for k in [("isal", 1), ("zlib", 6), ("libdeflate", 1), ("libdeflate", 6),
                                   ("libdeflate", 10)] if k in levels]
         doc["scaling"] = scaling(grains, scale_keys, log)
-    from ovfstream.source import RawSource
+    from ovfstream.sources.raw import RawSource
     with RawSource(image) as src:
         doc["data_bytes"] = src.data_bytes
     doc["machine"]["loadavg_end"] = os.getloadavg()

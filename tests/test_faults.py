@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from ovfstream import cli, source as source_mod
+from ovfstream import cli
+from ovfstream.sources import base as base_mod, raw as source_mod
 from ovfstream.convert import convert
 from ovfstream.errors import FormatError, UsageError
 from ovfstream.pack import pack
@@ -238,7 +239,7 @@ def test_unchanged_source_passes_the_end_check(tmp_path):
     with source_mod.RawSource(raw) as src:
         src.check_unchanged()
         os.utime(raw, ns=(0, src.file_stat.st_mtime_ns + 1))
-        with pytest.raises(source_mod.SourceChangedError, match="modified"):
+        with pytest.raises(base_mod.SourceChangedError, match="modified"):
             src.check_unchanged()
 
 

@@ -145,10 +145,16 @@ def test_raw_disks_that_merely_contain_magic_bytes_are_raw(tmp_path):
 
 
 def test_unknown_input_format_is_a_usage_error(raw_disk, tmp_path, capsys):
-    with pytest.raises(UsageError, match="--input-format 'qcow2'"):
-        convert(raw_disk, tmp_path / "x.vmdk", input_format="qcow2")
+    with pytest.raises(UsageError, match="--input-format 'vdi'"):
+        convert(raw_disk, tmp_path / "x.vmdk", input_format="vdi")
     assert cli.main(["convert", str(raw_disk), "-o", str(tmp_path / "y.vmdk"),
-                     "--input-format", "vhd"]) == 2
+                     "--input-format", "vdi"]) == 2
+
+
+def test_a_named_format_that_is_not_the_content_is_a_usage_error(raw_disk, tmp_path):
+    with pytest.raises(UsageError, match="--input-format qcow2, but the content is raw"):
+        convert(raw_disk, tmp_path / "x.vmdk", input_format="qcow2")
+    assert not (tmp_path / "x.vmdk").exists()
 
 
 def test_refusal_through_the_real_command(raw_disk, tmp_path):

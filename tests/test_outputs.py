@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from ovfstream import atomic, cli, source as source_mod
+from ovfstream import atomic, cli
+from ovfstream.sources import raw as source_mod
 from ovfstream.atomic import atomic_output
 from ovfstream.convert import convert
 from ovfstream.errors import UsageError

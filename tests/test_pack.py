@@ -199,7 +199,7 @@ def test_signed_package(make_disk, tmp_path):
 
 
 def test_failed_pack_leaves_nothing(make_disk, tmp_path, monkeypatch):
-    from ovfstream import source as source_mod
+    from ovfstream.sources import raw as source_mod
     good = make_disk("random")
     second = make_disk("mixed")
     out = tmp_path / "fail.ova"

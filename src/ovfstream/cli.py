@@ -41,9 +41,10 @@ def _common(p: argparse.ArgumentParser, *, engine: bool = True) -> None:
                        help="intent instead of --engine/--level: fast = isal 1 (default), "
                             "balanced = libdeflate 6 (smaller than qemu-img's zlib-6, ~2.5x "
                             "its speed per core), small = libdeflate 10 (~0.97x zlib-6's size)")
-        p.add_argument("--input-format", default="auto", choices=("auto", "raw"),
-                       help="auto (default): detect by content and refuse qcow2, VMDK, VHD(X), "
-                            "compressed and other non-raw images; raw: take the bytes as they are")
+        p.add_argument("--input-format", default="auto", metavar="FORMAT",
+                       help="auto (default): detect by content (raw, qcow2, vmdk, vhd/vpc, "
+                            "vhdx, zstd) and refuse what is not read (VDI, LUKS, gzip...); raw: "
+                            "take the bytes as they are; a format name: insist on it")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
 

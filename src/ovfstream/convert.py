@@ -11,7 +11,7 @@ from .engine import get_engine
 from .errors import UsageError
 from .outputs import Inputs
 from .pipeline import check_workers
-from .source import RawSource
+from .sources import open_source
 from .vmdk.writer import DiskStats, write_stream_vmdk
 
 __all__ = ["convert", "ConvertResult"]
@@ -49,9 +49,10 @@ def convert(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
     if out == "-":
         raise UsageError("convert -o -: a bare VMDK is written to a file; use pack -o - to stream")
     name = os.path.basename(out)
-    with RawSource(source, input_format=input_format) as src:
+    with open_source(source, input_format=input_format) as src:
         read = Inputs()
-        read.add(src.path, src.file_stat)
+        for f in src.files:
+            read.add(f.path, f.stat)
         read.check_output(out)
         src.check_format()
         with atomic_output(out, fsync=fsync) as f:

@@ -28,7 +28,7 @@ from .ovf.spec import vm_from_layers
 from .ovf.targets import check_pack, check_packed_size, get_target
 from .ovf.writer import pad_to, render_descriptor, reserve_size
 from .pipeline import check_workers
-from .source import RawSource
+from .sources import DiskSource, open_source
 from .vmdk.writer import DiskStats, write_stream_vmdk
 
 __all__ = ["pack", "PackResult", "PackedFile", "PackedDisk", "Signer"]
@@ -122,7 +122,7 @@ def stream_stem(vm_name: str) -> str:
     return stem or "appliance"
 
 
-def _default_mtime(sources: Sequence[RawSource]) -> int:
+def _default_mtime(sources: Sequence[DiskSource]) -> int:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch is not None:
         if not epoch.isdigit():
@@ -193,7 +193,7 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
                               disks=len(disks), stem=stem)
 
     with contextlib.ExitStack() as stack:
-        sources = [stack.enter_context(RawSource(d, input_format=input_format)) for d in disks]
+        sources = [stack.enter_context(open_source(d, input_format=input_format)) for d in disks]
         if mtime is None:
             mtime = _default_mtime(sources)
         names = ["%s-disk%d.vmdk" % (stem, i + 1) for i in range(len(sources))]
@@ -314,11 +314,12 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
 
 
 def _check_outputs(form: str, output: PathLike | BinaryIO, shown: str, folder_names: list[str],
-                   sources: Sequence[RawSource], inputs: Sequence[PathLike]) -> None:
+                   sources: Sequence[DiskSource], inputs: Sequence[PathLike]) -> None:
     """Before any work: no output is an input, and none would destroy a non-regular node."""
     read = Inputs()
     for src in sources:
-        read.add(src.path, src.file_stat)
+        for f in src.files:
+            read.add(f.path, f.stat)
     for path in inputs:
         read.add(path)
     if form == "ova-stream":  # stdout redirected onto an input (>> disk.raw)

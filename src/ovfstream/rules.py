@@ -6,12 +6,12 @@ keeps the two in step and checks that every rule id used in the code is listed.
 
 from __future__ import annotations
 
-from . import cert, manifest, source
+from . import cert, manifest
 from .verify import RULES as VERIFY_RULES  # the package attribute `verify` is the function
 from .ova import tar
 from .ovf import reader as ovf_reader
 from .ovf import validate as ovf_validate
-from .sources import detect
+from .sources import base, detect
 from .vmdk import reader as vmdk_reader
 
 __all__ = ["ALL_RULES", "render_markdown"]
@@ -25,7 +25,7 @@ SECTIONS: tuple[tuple[str, dict[str, str]], ...] = (
     ("OVF descriptor (ovf/reader.py)", ovf_reader.RULES),
     ("OVF structure, verify --strict (ovf/validate.py)", ovf_validate.RULES),
     ("Input formats (sources/detect.py)", detect.RULES),
-    ("Raw disk sources read by pack and convert (source.py)", source.RULES),
+    ("Disk sources read by pack and convert (sources/base.py)", base.RULES),
 )
 
 ALL_RULES: dict[str, str] = {rule: text for _, rules in SECTIONS for rule, text in rules.items()}

@@ -24,7 +24,7 @@ import xxhash
 from ..engine import Engine
 from ..errors import UnsupportedError, UsageError
 from ..pipeline import ordered_map
-from ..source import RawSource, SpanPlan
+from ..sources.base import DiskSource, SpanPlan
 from . import layout as L
 from .contentid import ContentId
 from .descriptor import render_descriptor
@@ -152,7 +152,7 @@ def _release_tail(buffer: mmap.mmap, used: int) -> None:
         buffer.madvise(mmap.MADV_DONTNEED, start, len(buffer) - start)
 
 
-def write_stream_vmdk(source: RawSource, write: Write, *, file_name: str, engine: Engine,
+def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engine: Engine,
                       workers: int, adapter_type: str = "lsilogic",
                       progress: Callable[[int, int], None] | None = None) -> DiskStats:
     """Encode ``source`` as a stream-optimized VMDK through ``write``, in one pass."""
