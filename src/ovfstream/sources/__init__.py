@@ -26,7 +26,8 @@ READERS: dict[str, str] = {
     "vmdk": "vmdk:VmdkSource",
     "vpc": "vhd:VhdSource",
     "vhdx": "vhdx:VhdxSource",
-    "zstd": "zstd:ZstdSource",
+    "zstd": "zst:ZstdSource",
+    "stdin": "stdin:StdinSource",  # the path "-"
 }
 
 
