@@ -23,6 +23,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "needs_shared(*folders): reads ../shared/<folder>; skipped with the reason "
         "when absent, a failure under OVFSTREAM_REQUIRE_SHARED=1 (CI)")
+    config.addinivalue_line(
+        "markers", "native_core: tests the compiled core itself (ISA-L stream placement, the "
+        "GIL-free span encoder); skipped when OVFSTREAM_PURE=1 runs the pure-Python twin")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -31,6 +34,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     # that CI reports the missing folder rather than "got empty parameter set".
     for mark in item.iter_markers("needs_shared"):
         require_shared(*mark.args)
+    if item.get_closest_marker("native_core") is not None:
+        from ovfstream.engine import PURE
+        if PURE:
+            pytest.skip("OVFSTREAM_PURE=1: the pure-Python twin runs; this tests the compiled core")
 
 
 @pytest.fixture

@@ -36,6 +36,8 @@ from ovfstream.engine import get_engine
 from ovfs_testlib import write_disk
 
 GRAIN = 65536
+# The compiled core itself (not run when OVFSTREAM_PURE=1 selects the twin).
+pytestmark = pytest.mark.native_core
 _LOAD = ("import os, sys\n"
          "from isal import isal_zlib\n"
          "data = os.urandom(1 << 20) + bytes(range(256)) * 4096\n"

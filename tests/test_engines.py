@@ -68,6 +68,7 @@ def test_unknown_engine_names_every_engine():
     assert ENGINES == ("isal", "zlib", "libdeflate")
 
 
+@pytest.mark.native_core
 def test_presets_map_to_engines_and_levels():
     assert PRESETS == {"fast": ("isal", 1), "balanced": ("libdeflate", 6),
                        "small": ("libdeflate", 10)}
@@ -137,6 +138,7 @@ def test_cli_engine_errors_name_the_allowed_values(make_disk, tmp_path, capsys):
     (["--engine", "libdeflate", "--level", "2"], ("libdeflate", 2)),
     ([], ("isal", 1)),
 ])
+@pytest.mark.native_core
 def test_cli_json_reports_the_engine_chosen(make_disk, tmp_path, capsys, argv, want):
     raw = make_disk("odd_size")
     assert cli.main(["convert", str(raw), "-o", str(tmp_path / "d.vmdk"), "--json",
@@ -169,6 +171,7 @@ def test_isal_cpu_note_from_cpuinfo(tmp_path):
     assert "x86-64 CPUs only" in _isal_cpu_note("aarch64", str(with_sse42))
 
 
+@pytest.mark.native_core
 def test_isal_on_a_cpu_without_sse42_is_not_called_reproducible(make_disk, tmp_path, capsys,
                                                                 monkeypatch):
     from ovfstream import engine as engine_mod

@@ -16,6 +16,8 @@ from ovfstream.engine import get_engine
 
 native = pytest.importorskip("ovfstream._grains")
 GRAIN = 65536
+# The compiled core itself (not run when OVFSTREAM_PURE=1 selects the twin).
+pytestmark = pytest.mark.native_core
 
 
 def _span(kinds: list[int], seed: int) -> bytearray:
@@ -185,3 +187,44 @@ def test_big_endian_hosts_take_the_callable_path(monkeypatch):
     finally:
         monkeypatch.undo()
         engine_mod._native_isal_encoder.cache_clear()
+
+
+def test_callable_encode_span_into_parity_with_dirty_reused_buffers():
+    """The callable path into a caller's buffer (both cores) frames the same bytes as
+    encode_span, whatever the buffer held before."""
+    compress = get_engine("zlib", 1).compress
+    out_native = bytearray(b"\xa5" * native.SPAN_FRAMED_BYTES)
+    out_py = bytearray(b"\x5a" * grains_py.SPAN_FRAMED_BYTES)
+    for seed, kinds in ((1, [1, 3, 0, 2, 3]), (2, [3, 0, 0, 1])):
+        span = _span(kinds, seed)
+        a = native.encode_span_into(out_native, span, 256, len(kinds), compress,
+                                    xxhash.xxh3_64_intdigest)
+        b = grains_py.encode_span_into(out_py, span, 256, len(kinds), compress,
+                                       xxhash.xxh3_64_intdigest)
+        fresh = grains_py.encode_span(span, 256, len(kinds), compress, xxhash.xxh3_64_intdigest)
+        assert a == b and a[0] == len(fresh[0]) and a[1:] == fresh[1:]
+        assert out_native[:a[0]] == out_py[:b[0]] == fresh[0]
+    for codec in (native, grains_py):
+        with pytest.raises(ValueError):
+            codec.encode_span_into(bytearray(100), _span([1], 3), 0, 1, compress,
+                                   xxhash.xxh3_64_intdigest)
+
+
+def test_engine_encoder_is_one_interface_for_every_path():
+    """engine.encoder: new_stream() + encode_span_into() for the native and callable paths,
+    with the same bytes for ISA-L level 1 either way."""
+    span = _span([1, 3, 0, 2], 7)
+    results = []
+    for eng in (get_engine("isal", 1), get_engine("zlib", 6), get_engine("libdeflate", 6)):
+        encoder = eng.encoder
+        out = bytearray(native.SPAN_FRAMED_BYTES)
+        n, gt_rel, prints, payload = encoder.encode_span_into(out, span, 0, 4,
+                                                              encoder.new_stream())
+        assert zlib.decompress(bytes(out[12:12 + int.from_bytes(out[8:12], "little")])) \
+            == bytes(span[:GRAIN])
+        results.append((bytes(out[:n]), gt_rel, prints, payload))
+    from ovfstream.engine import CallableSpanEncoder
+    isal_callable = CallableSpanEncoder(get_engine("isal", 1).compress)
+    out = bytearray(native.SPAN_FRAMED_BYTES)
+    n, *rest = isal_callable.encode_span_into(out, span, 0, 4, isal_callable.new_stream())
+    assert (bytes(out[:n]), *rest) == results[0]

@@ -95,14 +95,26 @@ def encode_span(const uint8_t[::1] span not None, uint64_t first_lba, Py_ssize_t
       prints        bytes: (u64 LBA, u64 xxh3-64) little-endian per non-zero grain, LBA order
       payload_bytes sum of the compressed lengths
     """
+    framed = PyByteArray_FromStringAndSize(NULL, SPAN_GRAINS * MAX_FRAMED)
+    n_framed, gt_rel, prints, payload_total = encode_span_into(
+        framed, span, first_lba, n_grains, compress, fingerprint)
+    PyByteArray_Resize(framed, n_framed)
+    return framed, gt_rel, prints, payload_total
+
+
+def encode_span_into(uint8_t[::1] out not None, const uint8_t[::1] span not None,
+                     uint64_t first_lba, Py_ssize_t n_grains, compress, fingerprint):
+    """encode_span into a caller-owned buffer of at least n_data * MAX_FRAMED_BYTES bytes
+    (SPAN_FRAMED_BYTES always suffices), so buffers are reused span after span.  Returns
+    (framed bytes used, gt_rel, prints, payload_bytes)."""
     cdef uint8_t zero_flags[512]
     cdef Py_ssize_t i, n_data = _scan_span(span, n_grains, zero_flags)
-    cdef const uint8_t* base = &span[0] if span.shape[0] else NULL
-
-    framed = PyByteArray_FromStringAndSize(NULL, n_data * MAX_FRAMED)
+    if out.shape[0] < n_data * MAX_FRAMED:
+        raise ValueError("output buffer of %d bytes, %d needed"
+                         % (out.shape[0], n_data * MAX_FRAMED))
     gt_rel = bytearray(n_grains * 4)
     prints = bytearray(n_data * 16)
-    cdef uint8_t* out = <uint8_t*>PyByteArray_AS_STRING(framed)
+    cdef uint8_t* dst = &out[0] if out.shape[0] else NULL
     cdef uint32_t* gt = <uint32_t*>PyByteArray_AS_STRING(gt_rel)
     cdef uint64_t* fp = <uint64_t*>PyByteArray_AS_STRING(prints)
     cdef Py_ssize_t pos = 0, n_payload, framed_len, payload_total = 0, k = 0
@@ -125,16 +137,15 @@ def encode_span(const uint8_t[::1] span not None, uint64_t first_lba, Py_ssize_t
         lba = first_lba + <uint64_t>i * GRAIN_SECTORS
         length = <uint32_t>n_payload
         with nogil:
-            memcpy(out + pos + MARKER_BYTES, payload, n_payload)
-            framed_len = _frame(out + pos, lba, length)
+            memcpy(dst + pos + MARKER_BYTES, payload, n_payload)
+            framed_len = _frame(dst + pos, lba, length)
         gt[i] = <uint32_t>(pos // SECTOR + 1)
         fp[2 * k] = lba
         fp[2 * k + 1] = digest
         k += 1
         pos += framed_len
         payload_total += n_payload
-    PyByteArray_Resize(framed, pos)
-    return framed, bytes(gt_rel), bytes(prints), payload_total
+    return pos, bytes(gt_rel), bytes(prints), payload_total
 
 
 def relocate_gt(const uint8_t[::1] gt_rel not None, uint64_t base_sector, Py_ssize_t n_entries):
@@ -354,9 +365,11 @@ cdef class IsalSpanEncoder:
     cdef ovfs_xxh3_fn xxh3
     cdef readonly uint32_t level
     cdef uint32_t level_buf_bytes
+    # Recompute every grain's Adler-32 in the span path too (see _compress); off by default.
+    cdef public bint check_trailer
 
     def __init__(self, uintptr_t deflate_init, uintptr_t deflate, uintptr_t adler32,
-                 uintptr_t xxh3, int level):
+                 uintptr_t xxh3, int level, bint check_trailer=False):
         if level not in _LEVEL_BUF_BYTES:
             raise ValueError("ISA-L level %r: allowed 1..3" % level)
         if not (deflate_init and deflate and adler32 and xxh3):
@@ -367,6 +380,7 @@ cdef class IsalSpanEncoder:
         self.xxh3 = <ovfs_xxh3_fn>xxh3
         self.level = level
         self.level_buf_bytes = _LEVEL_BUF_BYTES[level]
+        self.check_trailer = check_trailer
 
     def new_stream(self, uint32_t bucket=STREAM_BUCKET):
         """A stream state for this encoder's level, for one thread to reuse span after span."""
@@ -380,9 +394,17 @@ cdef class IsalSpanEncoder:
         return <IsalStream>stream
 
     cdef int _compress(self, ovfs_isal_zstream *zst, uint8_t *level_buf, const uint8_t *grain,
-                       uint8_t *out, uint32_t room, uint32_t *n_out) noexcept nogil:
+                       uint8_t *out, uint32_t room, uint32_t *n_out,
+                       bint check_trailer) noexcept nogil:
         """One zlib stream for one 64 KiB grain, as isal_zlib.compress(grain, level) makes
-        it: 0 on success, else a negative code."""
+        it: 0 on success, else a negative code.
+
+        ``check_trailer`` recomputes the Adler-32 of the grain (isal_adler32, another ISA-L
+        routine than the one isal_deflate keeps its running sum with) and compares it with
+        the trailer.  compress_grain -- the start-up self-test and the per-grain callable --
+        does; the span path does not: that second pass over every byte (~5 % of the time)
+        would only test ISA-L against itself again, which the self-test already did for this
+        build (and zlib.decompress there checks the trailer with zlib's own Adler-32)."""
         cdef uint32_t adler, tail
         self.deflate_init(zst)
         zst.level = self.level
@@ -403,6 +425,8 @@ cdef class IsalSpanEncoder:
         n_out[0] = room - zst.avail_out
         if n_out[0] < 6:
             return -3
+        if not check_trailer:
+            return 0
         # A finished zlib stream ends with the Adler-32 of its input, big-endian.
         adler = self.adler32(1, grain, GRAIN_BYTES)
         tail = ((<uint32_t>out[n_out[0] - 4] << 24) | (<uint32_t>out[n_out[0] - 3] << 16) |
@@ -422,7 +446,7 @@ cdef class IsalSpanEncoder:
         cdef uint32_t n = 0
         cdef int rc
         with nogil:
-            rc = self._compress(st.zst, st.level_buf, &grain[0], o, MAX_PAYLOAD, &n)
+            rc = self._compress(st.zst, st.level_buf, &grain[0], o, MAX_PAYLOAD, &n, True)
         if rc != 0:
             raise ValueError("ISA-L deflate failed (%d)" % rc)
         return bytes(out[:n])
@@ -472,7 +496,8 @@ cdef class IsalSpanEncoder:
                 if zero_flags[i]:
                     continue
                 rc = self._compress(st.zst, st.level_buf, base + i * GRAIN_BYTES,
-                                    dst + pos + MARKER_BYTES, MAX_PAYLOAD, &n_payload)
+                                    dst + pos + MARKER_BYTES, MAX_PAYLOAD, &n_payload,
+                                    self.check_trailer)
                 if rc != 0:
                     failed_at = i
                     break

@@ -55,7 +55,7 @@ def convert(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
             read.add(f.path, f.stat)
         read.check_output(out)
         src.check_format()
-        with atomic_output(out, fsync=fsync) as f:
+        with atomic_output(out, fsync=fsync, direct=True) as f:
             stats = write_stream_vmdk(src, f.write, file_name=name, engine=eng,
                                       workers=workers, adapter_type=adapter_type,
                                       progress=progress)

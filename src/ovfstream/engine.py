@@ -32,9 +32,33 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from . import grains_py
 from .errors import UsageError
 
-__all__ = ["Engine", "get_engine", "resolve_engine", "ENGINES", "PRESETS", "REPRODUCIBLE"]
+__all__ = ["Engine", "CallableSpanEncoder", "get_engine", "resolve_engine", "ENGINES", "PRESETS",
+           "REPRODUCIBLE", "CORE", "NATIVE", "PURE"]
+
+# OVFSTREAM_PURE=1 runs the pure-Python twin (grains_py) even where the compiled core is
+# built: CI runs the suite a second time so, to keep the twin's bytes the native ones.
+# (OVFSTREAM_PURE_PYTHON=1 is setup.py's: it leaves the extension out of the build.)
+PURE = os.environ.get("OVFSTREAM_PURE", "") not in ("", "0")
+
+
+def _load_core() -> tuple[Any, str | None]:
+    """(the span codec module: ovfstream._grains or grains_py, why not the compiled one)."""
+    if PURE:
+        return grains_py, "OVFSTREAM_PURE=1 runs the pure-Python core"
+    if sys.byteorder != "little":  # the native framing writes host-order words
+        return grains_py, "big-endian host"
+    try:
+        from . import _grains
+    except ImportError as exc:
+        return grains_py, "the compiled core (ovfstream._grains) is not built: %s" % exc
+    return _grains, None
+
+
+CORE, _CORE_UNAVAILABLE = _load_core()
+NATIVE = _CORE_UNAVAILABLE is None
 
 try:
     from isal import isal_zlib as _isal_zlib
@@ -72,6 +96,25 @@ REPRODUCIBLE = {"isal": frozenset({1, 2}), "zlib": frozenset(range(1, 10)),
 PRESETS = {"fast": ("isal", 1), "balanced": ("libdeflate", 6), "small": ("libdeflate", 10)}
 
 
+class CallableSpanEncoder:
+    """The native span encoder's interface over a per-grain ``compress`` callable: the span
+    codec (CORE) scans and frames, the callable compresses one grain at a time (the GIL
+    taken back per grain), xxh3-64 fingerprints."""
+
+    def __init__(self, compress: Callable[[memoryview], bytes]) -> None:
+        import xxhash
+        self._compress = compress
+        self._fingerprint = xxhash.xxh3_64_intdigest
+
+    def new_stream(self) -> None:
+        return None  # the callable keeps its own per-thread state, if any
+
+    def encode_span_into(self, out: Any, span: Any, first_lba: int, n_grains: int,
+                         stream: None = None) -> tuple[int, bytes, bytes, int]:
+        return CORE.encode_span_into(out, span, first_lba, n_grains, self._compress,  # type: ignore[no-any-return]
+                                     self._fingerprint)
+
+
 @dataclass(frozen=True)
 class Engine:
     """A named deflate engine at one level; ``compress`` is what the grain encoder calls."""
@@ -87,6 +130,14 @@ class Engine:
     native_unavailable: str | None = None
     # Why a level that is reproducible elsewhere is not on this CPU (ISA-L without SSE4.2).
     cpu_note: str | None = None
+
+    @functools.cached_property
+    def encoder(self) -> Any:
+        """What the VMDK writer calls, whatever the path: new_stream() once per thread, then
+        encode_span_into(out, span, first_lba, n_grains, stream) span after span."""
+        if self.span_encoder is not None:
+            return self.span_encoder
+        return CallableSpanEncoder(self.compress)
 
     def describe(self) -> dict[str, object]:
         return {"engine": self.name, "level": self.level, "version": self.version,
@@ -233,10 +284,9 @@ def _native_isal_encoder(level: int) -> tuple[Any, str | None]:
     if sys.byteorder != "little":
         # The framing writes the marker and grain-table words in host order.
         return None, "big-endian host"
-    try:
-        from . import _grains
-    except ImportError as exc:
-        return None, "the compiled core (ovfstream._grains) is not built: %s" % exc
+    if not NATIVE:
+        return None, _CORE_UNAVAILABLE
+    _grains = CORE
     try:
         import xxhash
         from xxhash import _xxhash

@@ -6,6 +6,7 @@ it when the extension is not built (slowly: it exists for correctness, not speed
 
 from __future__ import annotations
 
+import mmap
 import struct
 from typing import Callable
 
@@ -28,28 +29,46 @@ def zero_grain_map(span: bytes | bytearray | memoryview, n_grains: int) -> bytes
 def encode_span(span: bytes | bytearray | memoryview, first_lba: int, n_grains: int,
                 compress: Callable[[memoryview], bytes],
                 fingerprint: Callable[[memoryview], int]) -> tuple[bytearray, bytes, bytes, int]:
+    framed = bytearray(SPAN_FRAMED_BYTES)
+    n, gt_rel, prints, payload_total = encode_span_into(framed, span, first_lba, n_grains,
+                                                        compress, fingerprint)
+    del framed[n:]
+    return framed, gt_rel, prints, payload_total
+
+
+def encode_span_into(out: bytearray | memoryview | mmap.mmap,
+                     span: bytes | bytearray | memoryview, first_lba: int, n_grains: int,
+                     compress: Callable[[memoryview], bytes],
+                     fingerprint: Callable[[memoryview], int]) -> tuple[int, bytes, bytes, int]:
     view = memoryview(span)
     if n_grains < 0 or n_grains > SPAN_GRAINS or n_grains * GRAIN_BYTES > len(view):
         raise ValueError("span holds %d bytes, fewer than %d grains (max %d)"
                          % (len(view), n_grains, SPAN_GRAINS))
-    framed = bytearray()
+    grains = [view[i * GRAIN_BYTES:(i + 1) * GRAIN_BYTES] for i in range(n_grains)]
+    n_data = sum(1 for grain in grains if grain != _ZERO_GRAIN)
+    dst = memoryview(out).cast("B")
+    if len(dst) < n_data * MAX_FRAMED_BYTES:
+        raise ValueError("output buffer of %d bytes, %d needed"
+                         % (len(dst), n_data * MAX_FRAMED_BYTES))
+    pos = 0
     gt_rel = [0] * n_grains
     prints = bytearray()
     payload_total = 0
-    for i in range(n_grains):
-        grain = view[i * GRAIN_BYTES:(i + 1) * GRAIN_BYTES]
+    for i, grain in enumerate(grains):
         if grain == _ZERO_GRAIN:
             continue
         payload = bytes(compress(grain))
         if not 0 < len(payload) <= MAX_PAYLOAD:
             raise ValueError("engine returned %d bytes for a 64 KiB grain" % len(payload))
         lba = first_lba + i * GRAIN_SECTORS
-        gt_rel[i] = len(framed) // SECTOR + 1
-        framed += struct.pack("<QI", lba, len(payload)) + payload
-        framed += bytes(-len(framed) % SECTOR)
+        gt_rel[i] = pos // SECTOR + 1
+        framed_len = -(-(12 + len(payload)) // SECTOR) * SECTOR
+        dst[pos:pos + framed_len] = (struct.pack("<QI", lba, len(payload)) + payload
+                                     + bytes(framed_len - 12 - len(payload)))
         prints += struct.pack("<QQ", lba, fingerprint(grain))
+        pos += framed_len
         payload_total += len(payload)
-    return framed, struct.pack("<%dI" % n_grains, *gt_rel), bytes(prints), payload_total
+    return pos, struct.pack("<%dI" % n_grains, *gt_rel), bytes(prints), payload_total
 
 
 def relocate_gt(gt_rel: bytes, base_sector: int, n_entries: int) -> bytes:

@@ -267,7 +267,7 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
                 stats.append(holder[0])
 
         if form == "ova":
-            with atomic_output(shown, fsync=fsync) as f:
+            with atomic_output(shown, fsync=fsync, direct=True) as f:
                 writer = SeekableOvaWriter(f, front=FrontMembers(tuple(slots)), mtime=mtime,
                                            algorithm=digest)
                 run_disks(writer.add_member)

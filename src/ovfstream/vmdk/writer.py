@@ -19,24 +19,14 @@ from array import array
 from dataclasses import dataclass, field
 from typing import Callable
 
-import xxhash
-
-from ..engine import Engine
+from ..engine import CORE as _codec
+from ..engine import NATIVE, Engine
 from ..errors import UnsupportedError, UsageError
 from ..pipeline import ordered_map
 from ..sources.base import DiskSource, SpanPlan
 from . import layout as L
 from .contentid import ContentId
 from .descriptor import render_descriptor
-
-try:
-    if __import__("sys").byteorder != "little":  # the native framing writes host-order words
-        raise ImportError("big-endian host")
-    from .. import _grains as _codec
-    NATIVE = True
-except ImportError:  # pragma: no cover - exercised by the parity tests through grains_py
-    from .. import grains_py as _codec
-    NATIVE = False
 
 __all__ = ["StreamVmdkWriter", "DiskStats", "write_stream_vmdk", "NATIVE"]
 
@@ -164,9 +154,7 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
     writer = StreamVmdkWriter(write, capacity_sectors=source.capacity_sectors,
                               descriptor=descriptor)
     local = threading.local()
-    compress = engine.compress
-    fingerprint = xxhash.xxh3_64_intdigest
-    native = engine.span_encoder
+    encoder = engine.encoder  # native or callable path: one interface (engine.py)
     # Framed-output buffers go back to this pool once written: a reused buffer's pages are
     # already mapped, a new 33 MB one costs thousands of page faults.  They are anonymous
     # maps so that the part past what a span used can be handed back to the kernel (RSS
@@ -174,24 +162,18 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
     pool: list[mmap.mmap] = []
     pool_lock = threading.Lock()
 
-    def encode(plan: SpanPlan) -> tuple[SpanPlan, bytearray, int, bytes, bytes, int]:
+    def encode(plan: SpanPlan) -> tuple[SpanPlan, mmap.mmap, int, bytes, bytes, int]:
         buf = getattr(local, "buf", None)
-        if buf is None:
-            buf = local.buf = bytearray(L.SPAN_BYTES)
+        if buf is None:  # this thread's span buffer and stream state (ISA-L: at a fixed
+            buf = local.buf = bytearray(L.SPAN_BYTES)  # kind of address), made once
+            local.stream = encoder.new_stream()
         view = source.read_span(plan, buf)
         first_lba = plan.index * L.SPAN_GRAINS * L.GRAIN_SECTORS
-        if native is not None:  # whole span without the GIL; same bytes (engine.py)
-            stream = getattr(local, "stream", None)
-            if stream is None:  # this thread's ISA-L state, at a fixed kind of address
-                stream = local.stream = native.new_stream()
-            with pool_lock:
-                out = pool.pop() if pool else mmap.mmap(-1, _codec.SPAN_FRAMED_BYTES)
-            n, gt_rel, prints, payload = native.encode_span_into(out, view, first_lba,
-                                                                 plan.n_grains, stream)
-            return plan, out, n, gt_rel, prints, payload
-        framed, gt_rel, prints, payload = _codec.encode_span(
-            view, first_lba, plan.n_grains, compress, fingerprint)
-        return plan, framed, len(framed), gt_rel, prints, payload
+        with pool_lock:
+            out = pool.pop() if pool else mmap.mmap(-1, _codec.SPAN_FRAMED_BYTES)
+        n, gt_rel, prints, payload = encoder.encode_span_into(out, view, first_lba,
+                                                              plan.n_grains, local.stream)
+        return plan, out, n, gt_rel, prints, payload
 
     content_id = ContentId(source.capacity_sectors)
     grains = zero_grains = payload_total = 0
@@ -205,10 +187,9 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
                 encode, source.spans(), workers=workers, window=workers + 1):
             with memoryview(framed) as used:
                 writer.add_span(plan.index, used[:n_framed], gt_rel)
-            if isinstance(framed, mmap.mmap):
-                _release_tail(framed, n_framed)
-                with pool_lock:
-                    pool.append(framed)
+            _release_tail(framed, n_framed)
+            with pool_lock:
+                pool.append(framed)
             content_id.add_packed(prints)
             n = len(prints) // 16
             if n and int.from_bytes(prints[-16:-8], "little") == last_lba:
