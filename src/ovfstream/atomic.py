@@ -206,6 +206,7 @@ class DirectFile(io.RawIOBase):
         self._staged = 0         # bytes staged
         self._pos = 0            # the file position (seek/tell)
         self._end = 0            # the end of what was written or staged
+        self._staged_dirty = False  # staged bytes changed since the last flush
         self._direct = True
         self.direct_bytes = 0    # written with O_DIRECT (for tests and the bench)
 
@@ -297,6 +298,7 @@ class DirectFile(io.RawIOBase):
         with memoryview(data) as raw:
             view = raw.cast("B")
             n = len(view)
+            self._staged_dirty = True
             pos = self._pos
             stream_end = self._stage_at + self._staged
             if pos < stream_end:
@@ -334,13 +336,14 @@ class DirectFile(io.RawIOBase):
     def flush(self) -> None:
         """Write what is staged: whole blocks with O_DIRECT, the partial block buffered (it
         stays staged, so the stream goes on from an aligned offset)."""
-        if self._staged and not self.closed:
+        if self._staged and not self.closed and self._staged_dirty:
             full = self._staged - self._staged % self._align
             if full:
                 self._flush_stage(full)
-            if self._staged:
+            if self._staged and self._staged_dirty:
                 with memoryview(self._stage) as stage:
                     self._buffered(stage[:self._staged], self._stage_at)
+        self._staged_dirty = False  # (close after fsync writes nothing again)
 
     def close(self) -> None:
         if self.closed:
@@ -349,7 +352,8 @@ class DirectFile(io.RawIOBase):
             self.flush()
         finally:
             self._staged = 0  # IOBase.close flushes again: nothing left to write
-            self._stage.close()
+            with contextlib.suppress(BufferError):  # a failed write's traceback still
+                self._stage.close()                 # holds a view of it: freed with it
             os.close(self._fd)
             super().close()
 

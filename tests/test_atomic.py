@@ -1,0 +1,152 @@
+"""atomic.py's O_DIRECT output (DirectFile): the same bytes as buffered writes, always.
+
+The file's stream of forward writes goes out with O_DIRECT in aligned blocks; writes behind
+it (an OVA member header patched later, the front members written last), forward seeks and
+the last partial block are buffered or staged.  Whatever the mix, the file must hold exactly
+what a plain buffered file would, at every alignment a device may ask for, and when the
+kernel refuses O_DIRECT (EINVAL) in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import mmap
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from ovfstream import atomic
+from ovfstream.atomic import DirectFile, atomic_output
+from ovfstream.convert import convert
+from ovfstream.pack import pack
+
+from ovfs_testlib import write_disk
+
+MIB = 1 << 20
+
+
+def _scenario(f, seed: int) -> None:
+    """What the VMDK and OVA writers do, shuffled: page-aligned framed spans of sector
+    multiples, small unaligned writes, odd lengths, patches behind the stream, forward seeks,
+    and the front written last."""
+    rng = random.Random(seed)
+    f.seek(1536)
+    for _ in range(120):
+        kind = rng.random()
+        if kind < 0.3:
+            framed = mmap.mmap(-1, MIB)
+            n = max(512, rng.randrange(1, MIB) // 512 * 512)
+            framed[:n] = rng.randbytes(n)
+            with memoryview(framed) as view:
+                f.write(view[:n])
+            framed.close()
+        elif kind < 0.55:
+            f.write(rng.randbytes(rng.choice([512, 1024, 2560, 7, 4095, 9000])))
+        elif kind < 0.75:
+            end = f.tell()
+            f.seek(rng.randrange(0, end))
+            f.write(rng.randbytes(rng.randrange(1, 3000)))
+            f.seek(max(end, f.tell()))
+        elif kind < 0.85:
+            f.seek(f.tell() + rng.randrange(1, 20000))  # a gap: zeros
+        else:
+            f.write(bytes(rng.randrange(0, 70000)))
+    f.seek(0)
+    f.write(b"front" * 300)
+
+
+def _written(path: Path, *, direct: bool, seed: int) -> tuple[str, int | None]:
+    with atomic_output(path, direct=direct) as f:
+        _scenario(f, seed)
+        direct_bytes = getattr(f, "direct_bytes", None)
+    data = path.read_bytes()
+    path.unlink()
+    return hashlib.sha256(data).hexdigest(), direct_bytes
+
+
+@pytest.mark.parametrize("alignment", [None, (512, 512), (4096, 4096), (4096, 512)])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_direct_writes_give_the_buffered_bytes(tmp_path, monkeypatch, alignment, seed):
+    if alignment is not None:  # what another device would ask for
+        monkeypatch.setattr(atomic, "dio_alignment", lambda fd: alignment)
+    buffered, none = _written(tmp_path / "b.bin", direct=False, seed=seed)
+    direct, direct_bytes = _written(tmp_path / "d.bin", direct=True, seed=seed)
+    assert none is None and direct == buffered
+    if direct_bytes is not None and alignment is not None:
+        assert direct_bytes > 0 or os.environ.get("OVFSTREAM_DIRECT_IO") == "0"
+
+
+def test_refused_o_direct_falls_back_to_buffered_writes(tmp_path, monkeypatch):
+    real_pwrite = os.pwrite
+    refused = []
+
+    def pwrite(fd, data, offset):  # a file system that takes the flag but not the writes
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    buffered, _ = _written(tmp_path / "b.bin", direct=False, seed=4)
+    monkeypatch.setattr(atomic, "dio_alignment", lambda fd: (512, 512))
+    monkeypatch.setattr(atomic.os, "pwrite", pwrite)
+    direct, direct_bytes = _written(tmp_path / "d.bin", direct=True, seed=4)
+    assert direct == buffered
+    assert len(refused) == 1 and direct_bytes == 0
+
+
+def test_other_errors_are_not_swallowed(tmp_path, monkeypatch):
+    def pwrite(fd, data, offset):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic, "dio_alignment", lambda fd: (512, 512))
+    out = tmp_path / "full.bin"
+    with pytest.raises(OSError) as info:
+        with atomic_output(out, direct=True) as f:
+            if not isinstance(f, DirectFile):
+                pytest.skip("O_DIRECT is not offered here")
+            monkeypatch.setattr(atomic.os, "pwrite", pwrite)
+            f.write(bytes(8192))
+    assert info.value.errno == errno.ENOSPC
+    assert not out.exists() and not list(tmp_path.iterdir())  # no temporary left
+
+
+def test_direct_file_is_used_where_the_file_system_offers_it(tmp_path, monkeypatch):
+    monkeypatch.delenv("OVFSTREAM_DIRECT_IO", raising=False)
+    with atomic_output(tmp_path / "a.bin", direct=True) as f:
+        kind = type(f)
+        f.write(b"x")
+    probe = os.open(tmp_path / "a.bin", os.O_RDONLY)
+    try:
+        offered = atomic.dio_alignment(probe) is not None
+    finally:
+        os.close(probe)
+    if offered:
+        assert kind is DirectFile
+    monkeypatch.setenv("OVFSTREAM_DIRECT_IO", "0")
+    with atomic_output(tmp_path / "b.bin", direct=True) as f:
+        assert not isinstance(f, DirectFile)
+        f.write(b"x")
+    assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "b.bin").read_bytes() == b"x"
+
+
+def test_convert_and_pack_bytes_do_not_depend_on_direct_io_or_workers(tmp_path, monkeypatch):
+    # The writer's path (framed buffers from the pool, O_DIRECT or buffered, one or more
+    # workers) never reaches the bytes: one digest per output kind.
+    raw = write_disk(tmp_path / "d.raw", 70 * MIB + 4321, [
+        (0, "text", 5 * MIB + 777), (9 * MIB, "random", 3 * MIB), (20 * MIB, "zero", MIB),
+        (33 * MIB - 100, "text", 20 * MIB), (70 * MIB - 50, "random", 4371)], seed=3)
+    digests: dict[str, set[str]] = {"vmdk": set(), "ova": set()}
+    for direct in ("1", "0"):
+        monkeypatch.setenv("OVFSTREAM_DIRECT_IO", direct)
+        for workers in (1, 2, 4):
+            run = tmp_path / ("%s-%d" % (direct, workers))
+            run.mkdir()
+            convert(raw, run / "disk.vmdk", parallel=workers, fsync=False)
+            pack([raw], run / "app.ova", parallel=workers, fsync=False, mtime=1700000000)
+            for kind, name in (("vmdk", "disk.vmdk"), ("ova", "app.ova")):
+                digests[kind].add(hashlib.sha256((run / name).read_bytes()).hexdigest())
+    assert len(digests["vmdk"]) == 1 and len(digests["ova"]) == 1
