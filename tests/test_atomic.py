@@ -136,10 +136,10 @@ def test_direct_file_is_used_where_the_file_system_offers_it(tmp_path, monkeypat
 def test_convert_and_pack_bytes_do_not_depend_on_direct_io_or_workers(tmp_path, monkeypatch):
     # The writer's path (framed buffers from the pool, O_DIRECT or buffered, one or more
     # workers) never reaches the bytes: one digest per output kind.
-    raw = write_disk(tmp_path / "d.raw", 70 * MIB + 4321, [
-        (0, "text", 5 * MIB + 777), (9 * MIB, "random", 3 * MIB), (20 * MIB, "zero", MIB),
-        (33 * MIB - 100, "text", 20 * MIB), (70 * MIB - 50, "random", 4371)], seed=3)
-    digests: dict[str, set[str]] = {"vmdk": set(), "ova": set()}
+    raw = write_disk(tmp_path / "d.raw", 66 * MIB + 4321, [
+        (0, "text", 3 * MIB + 777), (9 * MIB, "random", MIB), (20 * MIB, "zero", MIB),
+        (33 * MIB - 100, "text", 4 * MIB), (66 * MIB - 50, "random", 4371)], seed=3)
+    digests: dict[str, set[str]] = {"vmdk": set(), "ova": set(), "folder": set()}
     for direct in ("1", "0"):
         monkeypatch.setenv("OVFSTREAM_DIRECT_IO", direct)
         for workers in (1, 2, 4):
@@ -149,4 +149,11 @@ def test_convert_and_pack_bytes_do_not_depend_on_direct_io_or_workers(tmp_path, 
             pack([raw], run / "app.ova", parallel=workers, fsync=False, mtime=1700000000)
             for kind, name in (("vmdk", "disk.vmdk"), ("ova", "app.ova")):
                 digests[kind].add(hashlib.sha256((run / name).read_bytes()).hexdigest())
-    assert len(digests["vmdk"]) == 1 and len(digests["ova"]) == 1
+        folder = tmp_path / ("folder-%s" % direct)
+        folder.mkdir()
+        pack([raw], folder / "app.ovf", parallel=2, fsync=False, mtime=1700000000)
+        digests["folder"].add(hashlib.sha256(b"".join(
+            (folder / name).read_bytes() for name in ("app.ovf", "app.mf", "app-disk1.vmdk"))
+        ).hexdigest())
+    assert {kind: len(found) for kind, found in digests.items()} == {
+        "vmdk": 1, "ova": 1, "folder": 1}

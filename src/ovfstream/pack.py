@@ -285,7 +285,7 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
             # the end (disks, certificate, manifest, the descriptor last: its presence says
             # the folder is complete), so a failure leaves the previous package as it was.
             folder = os.path.dirname(os.path.abspath(shown))
-            with AtomicFiles(fsync=fsync) as group:
+            with AtomicFiles(fsync=fsync, direct=True) as group:
                 def add_file(name: str, produce: Callable[[MemberSink], None]) -> tuple[int, str]:
                     f = group.open(os.path.join(folder, name))
                     sink = MemberSink(f.write, digest)
