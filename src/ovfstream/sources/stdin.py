@@ -92,6 +92,7 @@ class StdinSource(SequentialSource):
         self.extents = [(0, self.size_bytes)]
         self._head: bytearray | None = None
         self._head_taken = False
+        self._head_got = 0  # bytes of the head the stream held
         self._key: bytes | None = None
         self._start_turns()
         self._sized()
@@ -102,9 +103,16 @@ class StdinSource(SequentialSource):
             if self._pos or self._head_taken:
                 raise ValueError("the stream's head was read ahead too late")
             head = bytearray(min(SPAN_BYTES, self.size_bytes))
-            self._read_fd(memoryview(head), 0)
+            self._head_got = self._read_fd(memoryview(head), 0, partial=True)
             self._head = head
         return self._head
+
+    def _full_head(self) -> bytearray:
+        """The head, or the stdin.size error when the stream ended inside it."""
+        head = self._read_head()
+        if self._head_got < len(head):
+            self._read_fd(memoryview(head)[self._head_got:], self._head_got)  # raises
+        return head
 
     def check_format(self) -> None:
         """Refuse a qcow2, VMDK, zstd... piped in (its first 4 KiB, read ahead) unless the
@@ -112,7 +120,8 @@ class StdinSource(SequentialSource):
         seen before the end of a stream."""
         if self.input_format == "raw":
             return
-        found = _head_format(bytes(self._read_head()[:4096]))
+        head = self._read_head()  # a stream shorter than --size fails later, when read
+        found = _head_format(bytes(head[:min(4096, self._head_got)]))
         if found is not None:
             raise UnsupportedError(
                 "-: [source.format] standard input holds a %s image (%s), not a raw disk: "
@@ -125,7 +134,7 @@ class StdinSource(SequentialSource):
             hasher = xxhash.xxh3_128()
             hasher.update(repr(sorted(settings.items())).encode())
             hasher.update(struct.pack("<Q", self.size_bytes))
-            hasher.update(self._read_head())
+            hasher.update(self._full_head())
             self._key = hasher.digest()
         return self._key
 
@@ -133,13 +142,14 @@ class StdinSource(SequentialSource):
         if self._head is not None:  # the first span, read ahead by sample_key
             if self._pos != 0 or len(view) != len(self._head):
                 raise ValueError("the read-ahead head is served to the first span only")
-            view[:] = self._head
+            view[:] = self._full_head()
             self._head, self._head_taken = None, True
             return
         self._read_fd(view, self._pos)
 
-    def _read_fd(self, view: memoryview, at: int) -> None:
-        """Fill ``view`` with the stream's next bytes (``at`` of the disk, for messages)."""
+    def _read_fd(self, view: memoryview, at: int, *, partial: bool = False) -> int:
+        """Fill ``view`` with the stream's next bytes (``at`` of the disk, for messages); the
+        bytes read.  An early end is a FormatError, or with ``partial`` a short count."""
         pos, n = 0, len(view)
         while pos < n:
             try:
@@ -150,9 +160,12 @@ class StdinSource(SequentialSource):
             except OSError as exc:
                 raise OSError(exc.errno, exc.strerror, "-") from exc
             if got == 0:
+                if partial:
+                    break
                 raise FormatError("stdin.size", "the stream ended after %d bytes; --size says "
                                   "%d" % (at + pos, self.size_bytes), path="-", offset=at + pos)
             pos += got
+        return pos
 
     def _check_end(self) -> None:
         while True:
