@@ -64,26 +64,32 @@ class Frame:
 
 
 class _Walk:
-    """The compressed file read forward once in large chunks, hashed as it goes."""
+    """The compressed file read forward once, in chunks into one reused buffer (a fresh
+    4 MiB buffer per chunk would cost more in page faults than the read), hashed as it goes."""
 
     def __init__(self, file: OpenFile) -> None:
         self.file = file
         self.hasher = xxhash.xxh3_128()
-        self.buf = b""
+        self.buf = bytearray(_WALK_CHUNK)
         self.base = 0      # file offset of buf[0]
+        self.filled = 0    # bytes of buf that hold the file
         self.read_to = 0   # bytes read (and hashed) so far
 
     def peek(self, pos: int, n: int) -> bytes:
-        """Up to ``n`` bytes at ``pos`` (fewer at the end of the file); never backwards."""
-        while pos + n > self.base + len(self.buf) and self.read_to < self.file.size:
-            drop = min(max(0, pos - self.base), len(self.buf))
-            self.buf, self.base = self.buf[drop:], self.base + drop
-            chunk = self.file.pread(min(_WALK_CHUNK, self.file.size - self.read_to),
-                                    self.read_to)
-            self.hasher.update(chunk)
-            self.buf += chunk
-            self.read_to += len(chunk)
-        return self.buf[pos - self.base:pos - self.base + n]
+        """Up to ``n`` (< 4 MiB) bytes at ``pos``, fewer at the end of the file; ``pos``
+        never goes back before an earlier peek's."""
+        while pos + n > self.base + self.filled and self.read_to < self.file.size:
+            keep = max(0, self.read_to - pos)  # already read bytes at pos and after
+            self.buf[:keep] = self.buf[self.filled - keep:self.filled]
+            self.base = self.read_to - keep
+            want = min(len(self.buf) - keep, self.file.size - self.read_to)
+            with memoryview(self.buf)[keep:keep + want] as view:
+                self.file.pread_into(view, self.read_to)
+                self.hasher.update(view)
+            self.filled = keep + want
+            self.read_to += want
+        start = pos - self.base
+        return bytes(self.buf[start:min(start + n, self.filled)]) if start < self.filled else b""
 
 
 class _Compressed:
