@@ -462,14 +462,17 @@ class AtomicFiles:
                 _fsync_dir(folder)
 
     def abort(self) -> None:
+        # The temporaries go before their files are closed: a close that fails in a way
+        # other than OSError (a run interrupted inside a write) must not leave one behind.
         for entry in self._entries:
-            with contextlib.suppress(OSError):
-                entry.f.close()
             if entry.temp is not None:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.temp)
                 entry.temp = None
         self._done = True
+        for entry in self._entries:
+            with contextlib.suppress(OSError):
+                entry.f.close()
 
     def current_temp(self) -> str | None:
         """The temporary being written (the last one opened and not closed), for messages."""
