@@ -39,7 +39,7 @@ __all__ = ["Engine", "CallableSpanEncoder", "get_engine", "resolve_engine", "ENG
            "REPRODUCIBLE", "CORE", "NATIVE", "PURE"]
 
 # OVFSTREAM_PURE=1 runs the pure-Python twin (grains_py) even where the compiled core is
-# built: CI runs the suite a second time so, to keep the twin's bytes the native ones.
+# built; CI runs the suite a second time with it, so the twin keeps giving the native bytes.
 # (OVFSTREAM_PURE_PYTHON=1 is setup.py's: it leaves the extension out of the build.)
 PURE = os.environ.get("OVFSTREAM_PURE", "") not in ("", "0")
 
