@@ -145,9 +145,10 @@ class Qcow2Source(DiskSource):
             raise self._error("qcow2.header", "cluster_bits %d outside 9..21" % cluster_bits, 20)
         if crypt:
             raise UnsupportedError(
-                "%s: [qcow2.header] encrypted (crypt_method %d, %s): ovfstream does not decrypt "
-                "images; decrypt it first (qemu-img convert --object secret,... -O qcow2)"
-                % (self.path, crypt, {1: "AES", 2: "LUKS"}.get(crypt, "unknown method")))
+                "%s@0x20: [qcow2.header] qcow2 version %d, encrypted (%s; crypt_method %d): "
+                "ovfstream does not decrypt images; decrypt it first (qemu-img convert "
+                "--object secret,... --image-opts ... -O qcow2)"
+                % (self.path, version, {1: "AES", 2: "LUKS"}.get(crypt, "unknown method"), crypt))
         self.version = version
         self.cluster_bits = cluster_bits
         self.cluster_size = cs = 1 << cluster_bits
@@ -295,8 +296,9 @@ class Qcow2Source(DiskSource):
         name = self.backing_name
         path = name if os.path.isabs(name) else os.path.join(os.path.dirname(self.path), name)
         if depth + 1 >= MAX_CHAIN_DEPTH:
-            raise self._error("qcow2.backing", "the backing chain is deeper than %d files (at "
-                              "%s)" % (MAX_CHAIN_DEPTH, path))
+            raise self._error("qcow2.backing", "the backing chain is deeper than %d files: %s "
+                              "-> %s" % (MAX_CHAIN_DEPTH, " -> ".join(
+                                  n for _, n in _OPENING.get()), path))
         if not os.path.exists(path):
             raise self._error("qcow2.backing", "its backing file %r (%s) does not exist"
                               % (name, path))
