@@ -394,29 +394,50 @@ class Qcow2Source(DiskSource):
                               % (host, length, self._file.size), at)
 
     def _own_extents(self) -> Iterator[Extent]:
-        """Guest ranges this file holds data for, cluster-granular, in order; every L2 entry
-        inside the virtual size is checked on the way."""
+        """Guest ranges this file holds data for, cluster-granular, coalesced, in order; every
+        L2 entry inside the virtual size is checked on the way."""
         cs, size = self.cluster_size, self.size_bytes
+        step = self.entry_bytes // 8
+        # A plain data entry (copied flag, an aligned offset whose cluster ends inside the
+        # file) is checked with one mask and one comparison; anything else goes the long way.
+        plain_bad = (L2_RESERVED | COMPRESSED | ZERO_FLAG | (cs - 1)) if step == 1 else -1
+        last_host = self._file.size - cs
+        run_start = run_end = -1
         for l1_index in range(self.l1_needed):
             table = self._l2_table(l1_index)
             if table is None:
                 continue
             base = l1_index * self.l2_span
             count = min(self.l2_entries, -(-(size - base) // cs))
-            step = self.entry_bytes // 8
             for i in range(count):
-                if not table[i * step] and (step == 1 or not table[i * step + 1]):
+                entry = table[i * step]
+                if not entry and (step == 1 or not table[i * step + 1]):
                     continue  # unallocated, no bitmap: the common case, quickly
                 start = base + i * cs
-                stop = min(start + cs, size)
-                held = False
-                for lo, hi, kind, where in self._pieces(l1_index, table, i):
-                    if kind == DATA and start + lo < stop:
-                        self._check_data(where, min(hi, stop - start) - lo,
-                                         (self.l1[l1_index] & OFFSET_MASK) + i * self.entry_bytes)
-                    held = held or kind in (DATA, PACKED)
-                if held:
-                    yield start, stop
+                if not entry & plain_bad and entry & OFFSET_MASK <= last_host:
+                    held = True
+                else:
+                    held = self._entry_holds(l1_index, table, i, min(cs, size - start))
+                if not held:
+                    continue
+                if start != run_end:
+                    if run_end > 0:
+                        yield run_start, run_end
+                    run_start = start
+                run_end = min(start + cs, size)
+        if run_end > 0:
+            yield run_start, run_end
+
+    def _entry_holds(self, l1_index: int, table: array, i: int, used: int) -> bool:
+        """Check entry ``i`` (its data inside the file for the ``used`` bytes of the cluster
+        the disk covers); True when it holds data (host or compressed)."""
+        held = False
+        for lo, hi, kind, where in self._pieces(l1_index, table, i):
+            if kind == DATA and lo < used:
+                self._check_data(where, min(hi, used) - lo,
+                                 (self.l1[l1_index] & OFFSET_MASK) + i * self.entry_bytes)
+            held = held or kind in (DATA, PACKED)
+        return held
 
     def _chain_extents(self) -> list[Extent]:
         own = self._own_extents()
