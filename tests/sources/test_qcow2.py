@@ -367,7 +367,8 @@ def test_encrypted_is_refused_clearly(tmp_path, capsys):
 
 def test_external_data_file_is_refused_clearly(tmp_path, capsys):
     image = tmp_path / "e.qcow2"
-    qemu_img("create", "-q", "-f", "qcow2", "-o", "data_file=e.data", image, "4M")
+    qemu_img("create", "-q", "-f", "qcow2", "-o", "data_file=%s" % (tmp_path / "e.data"), image,
+             "4M")
     _expect_refused(image, tmp_path, capsys, "qcow2.header", "external data file")
 
 
