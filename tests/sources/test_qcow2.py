@@ -304,14 +304,15 @@ def test_l2_entry_with_reserved_bits(tmp_path, capsys):
     _expect_refused(image, tmp_path, capsys, "qcow2.l2", "reserved bits", "@0x%x" % entry)
 
 
-def test_compressed_cluster_of_the_wrong_size(tmp_path, capsys):
+@pytest.mark.parametrize("payload", [b"short" * 100, b"long" * 20000])
+def test_compressed_cluster_of_the_wrong_size(tmp_path, capsys, payload):
     image = _plain(tmp_path, "-c")
     _, entry = _first_l2(image, 1 << 62)
     descriptor = struct.unpack(">Q", image.read_bytes()[entry:entry + 8])[0]
     coffset = descriptor & ((1 << 54) - 1)  # 64 KiB clusters: x = 62 - 8
     deflater = zlib.compressobj(6, zlib.DEFLATED, -15)
-    _patch(image, coffset, deflater.compress(b"short" * 100) + deflater.flush())
-    _expect_refused(image, tmp_path, capsys, "qcow2.compressed", "not one cluster",
+    _patch(image, coffset, deflater.compress(payload) + deflater.flush())
+    _expect_refused(image, tmp_path, capsys, "qcow2.compressed", "one cluster",
                     "@0x%x" % coffset)
 
 

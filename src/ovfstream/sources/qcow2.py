@@ -13,7 +13,7 @@ inside the file, not the header cluster).  The L2 tables are walked once at the 
 the data extents (coalesced, at most a few per 32 MiB span, so a hostile checkerboard cannot
 grow the list) and read again per span through a small cache; a hole or a zero cluster is
 never read, each allocated byte is read once, compressed clusters are inflated in the worker
-threads that read them (ISA-L and zstd release the GIL).
+threads that read them (libdeflate and zstd release the GIL).
 
 Backing chains: the backing file (relative names against the overlay's folder) opens through
 ``open_source`` with the format the header extension names (by content when none), to a
@@ -32,16 +32,12 @@ from array import array
 from collections import OrderedDict
 from typing import Iterable, Iterator
 
+import deflate
 import zstandard
 
 from ..errors import FormatError, UnsupportedError, UsageError
 from ..vmdk.layout import SPAN_BYTES
 from .base import ZEROS, DiskSource, Extent, OpenFile
-
-try:
-    from isal import isal_zlib as _inflate_lib
-except ImportError:  # pragma: no cover - isal is a hard dependency
-    import zlib as _inflate_lib  # type: ignore[no-redef]
 
 __all__ = ["Qcow2Source", "RULES", "MAX_CHAIN_DEPTH"]
 
@@ -525,18 +521,15 @@ class Qcow2Source(DiskSource):
             if self.compression == COMPRESSION_ZSTD:
                 reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False)
                 out = reader.read(cs + 1)
-                extra = b""
-            else:
-                inflater = _inflate_lib.decompressobj(-15)
-                out = inflater.decompress(data, cs)
-                extra = b"" if inflater.eof else inflater.decompress(inflater.unconsumed_tail, 1)
-        except (zstandard.ZstdError, _inflate_lib.error) as exc:
-            raise self._error("qcow2.compressed", "compressed cluster does not inflate: %s"
-                              % exc, coffset) from None
-        if len(out) != cs or extra:
+            else:  # libdeflate: raw deflate into a cluster-sized buffer; more is an error
+                out = deflate.deflate_decompress(data, cs)
+        except (zstandard.ZstdError, deflate.DeflateError) as exc:
+            raise self._error("qcow2.compressed", "compressed cluster does not inflate to one "
+                              "cluster of %d bytes (%s)" % (cs, exc), coffset) from None
+        if len(out) != cs:
             raise self._error("qcow2.compressed", "compressed cluster inflates to %s bytes, "
                               "not one cluster of %d" % ("more than %d" % cs if len(out) > cs
-                                                         or extra else len(out), cs), coffset)
+                                                         else len(out), cs), coffset)
         return out
 
 
