@@ -10,7 +10,8 @@ interleaved ``--repeat`` times (a noisy neighbour hits every case alike), median
 - ``qemu-img convert -O vmdk -o subformat=streamOptimized`` of the qcow2, and of the raw;
 - ``ovfstream pack -pN`` of the qcow2 to an OVA, and of the raw.
 
-It prints the ratio qemu-img / ovfstream for each input: the target is that the qcow2 ratio
+It prints the ratio qemu-img / ovfstream for each input, of wall time and of the process
+tree's CPU time (steadier on a shared machine): the target is that the qcow2 ratio
 is at least the raw one (inflating the clusters in the workers keeps ovfstream ahead by as
 much as with raw input).  Correctness is part of the run: ovfstream's VMDK of the qcow2 is
 checked once with ``qemu-img compare`` against the qcow2 and ``qemu-img check``.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -77,19 +79,30 @@ def bench(raw: Path, qcow2: Path, work: Path, *, repeat: int, workers: int) -> d
             compare.ovfs_cmd("pack", str(src), "-o", str(work / "o.ova"), "--parallel", np,
                              "--json", "--quiet"), env, work / "o.ova")
     walls: dict[str, list[float]] = {name: [] for name in cases}
+    cpus: dict[str, list[float]] = {name: [] for name in cases}
     rss: dict[str, int] = {name: 0 for name in cases}
     for round_ in range(repeat):
         for name, (cmd, case_env, out) in cases.items():
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             run = compare.run_child(cmd, env=case_env)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            # CPU seconds of the whole process tree (a loaded machine moves wall time, far
+            # less this): the launcher's few milliseconds included.
+            cpus[name].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
             walls[name].append(run.wall)
             rss[name] = max(rss[name], run.maxrss_bytes)
             out.unlink(missing_ok=True)
             print("  round %d  %-32s %7.2f s" % (round_ + 1, name, run.wall), flush=True)
     med = {name: float(statistics.median(w)) for name, w in walls.items()}
+    cpu = {name: float(statistics.median(c)) for name, c in cpus.items()}
     ratios = {label: med["qemu-img convert %s" % label] / med["ovfstream pack -p%s %s"
                                                             % (np, label)]
               for label in ("qcow2", "raw")}
-    return {"median_s": med, "min_s": {n: min(w) for n, w in walls.items()},
+    cpu_ratios = {label: cpu["qemu-img convert %s" % label] / cpu["ovfstream pack -p%s %s"
+                                                                 % (np, label)]
+                  for label in ("qcow2", "raw")}
+    return {"median_s": med, "median_cpu_s": cpu, "cpu_ratio_qemu_over_ovfstream": cpu_ratios,
+            "min_s": {n: min(w) for n, w in walls.items()},
             "max_s": {n: max(w) for n, w in walls.items()}, "peak_rss_bytes": rss,
             "ratio_qemu_over_ovfstream": ratios, "repeat": repeat, "workers": workers,
             "qcow2_bytes": qcow2.stat().st_size, "load_avg_before": os.getloadavg()}
@@ -121,11 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     doc = bench(raw, qcow2, work, repeat=args.repeat, workers=args.workers)
     print()
     for name, wall in doc["median_s"].items():
-        print("%-34s median %7.2f s  (min %.2f, max %.2f)  peak RSS %4d MiB" % (
-            name, wall, doc["min_s"][name], doc["max_s"][name],
+        print("%-34s median %7.2f s  (min %.2f, max %.2f)  CPU %6.2f s  peak RSS %4d MiB" % (
+            name, wall, doc["min_s"][name], doc["max_s"][name], doc["median_cpu_s"][name],
             doc["peak_rss_bytes"][name] // MIB))
     for label, ratio in doc["ratio_qemu_over_ovfstream"].items():
-        print("qemu-img / ovfstream on %-5s: %.2fx" % (label, ratio))
+        print("qemu-img / ovfstream on %-5s: wall %.2fx, CPU %.2fx" % (
+            label, ratio, doc["cpu_ratio_qemu_over_ovfstream"][label]))
     print("load average before the run: %.2f %.2f %.2f" % doc["load_avg_before"])
     if args.json:
         args.json.write_text(json.dumps(doc, indent=2))
