@@ -180,7 +180,9 @@ class DiskSource:
         its backing file through this."""
         end = offset + len(view)
         filled = offset
-        for start, stop in self.extents[max(0, bisect.bisect_right(self.extents, (offset,)) - 1):]:
+        extents = self.extents
+        for i in range(max(0, bisect.bisect_right(extents, (offset,)) - 1), len(extents)):
+            start, stop = extents[i]
             if start >= end:
                 break
             lo, hi = max(start, offset), min(stop, end)
@@ -213,6 +215,10 @@ class DiskSource:
             start = plan.index * SPAN_BYTES + plan.extents[0][0]
             hasher.update(self.read_at(start, min(GRAIN_BYTES, self.size_bytes - start)))
         return hasher.digest()
+
+    def stop(self) -> None:
+        """The writer gives up before the last span: a sequential source wakes the workers
+        waiting for their turn; a random-access one has nothing to do."""
 
     # -- checks ----------------------------------------------------------------------------
 
