@@ -1,0 +1,41 @@
+"""What block-table formats (VHD, VHDX) share: file ranges that must not overlap, and
+virtual block runs coalesced into a source's extents.
+
+A hostile allocation table can point two blocks at the same bytes, or a block at the table
+itself; such an image is refused rather than read twice (every allocated byte is read once).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+from ..errors import FormatError
+from .base import Extent
+
+__all__ = ["Claim", "check_disjoint", "coalesce"]
+
+Claim = tuple[int, int, object]  # [start, end) in the file, and what claims it (for messages)
+
+
+def check_disjoint(claims: Iterable[Claim], *, path: str, rule: str,
+                   error: type[FormatError] = FormatError,
+                   describe: Callable[[object], str] = str) -> None:
+    """``error(rule)`` at the first overlap of ``claims``, which come sorted by start."""
+    prev_end, prev_what = 0, None
+    for start, end, what in claims:
+        if start < prev_end:
+            raise error(rule, "%s (bytes %d..%d) overlaps %s, which ends at byte %d"
+                        % (describe(what), start, end, describe(prev_what), prev_end),
+                        path=path, offset=start)
+        prev_end, prev_what = end, what
+
+
+def coalesce(ranges: Iterable[Extent]) -> list[Extent]:
+    """Sorted, disjoint ``ranges`` with the adjacent ones joined."""
+    out: list[Extent] = []
+    for start, end in ranges:
+        if out and out[-1][1] == start:
+            out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
