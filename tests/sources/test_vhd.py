@@ -242,13 +242,96 @@ def test_fixed_disk_larger_than_its_data(make_disk, tmp_path):
     _refused(fixed.save("fixed-short.vhd"), "vhd.footer", tmp_path)
 
 
-def test_differencing_vhd_is_refused_clearly(dynamic, tmp_path):
-    dynamic.set_footer(">I", 60, 4)
-    name = "base.vhd".encode("utf-16-be")
-    dynamic.data[dynamic.header_at + 64:dynamic.header_at + 64 + len(name)] = name
-    dynamic.set_header(">I", 60, 0)  # recompute the header checksum
-    text = _refused(dynamic.save("child.vhd"), "vhd.parent", tmp_path, UnsupportedError)
-    assert "base.vhd" in text and "merge" in text
+def _child_of(parent: Path, child: Path, locator: str, *, code: bytes = b"W2ru") -> Dynamic:
+    """``child`` (a qemu-img dynamic VHD) made a differencing disk of ``parent``: disk type
+    4, the parent's unique id, and one parent locator appended before the end footer."""
+    vhd = Dynamic(child)
+    name = locator.encode("utf-16-le")
+    locator_at = len(vhd.data) - 512
+    vhd.data[locator_at:locator_at] = name + bytes(-len(name) % 512)
+    vhd.set_footer(">I", 60, 4)
+    struct.pack_into(">4sII4xQ", vhd.data, vhd.header_at + 576, code, 1, len(name), locator_at)
+    vhd.data[vhd.header_at + 40:vhd.header_at + 56] = parent.read_bytes()[68:84]
+    vhd.set_header(">I", 60, 0)  # recompute the header checksum
+    return vhd
+
+
+def _merged(parent_raw: bytes, child: Dynamic, child_raw: bytes) -> bytes:
+    """What a differencing disk reads: the child's sectors whose bitmap bit is 1, else the
+    parent's (computed sector by sector, independently of the reader)."""
+    out = bytearray(parent_raw)
+    per_block = child.block_bytes // 512
+    for index in range(len(out) // child.block_bytes):
+        if child.bat(index) == 0xFFFFFFFF:
+            continue
+        bitmap = child.data[child.bat(index) * 512:child.bat(index) * 512 + 512]
+        for sector in range(per_block):
+            if bitmap[sector // 8] & (0x80 >> sector % 8):
+                at = index * child.block_bytes + sector * 512
+                out[at:at + 512] = child_raw[at:at + 512]
+    return bytes(out)
+
+
+@pytest.fixture
+def chain(tmp_path):
+    """A parent and a child VHD of the same 16 MiB disk, from different raw disks."""
+    size = 16 * MIB
+    parent_raw = write_disk(tmp_path / "p.raw", size, [(0, "random", 3 * MIB),
+                                                       (9 * MIB, "text", 500_000)], seed=2)
+    child_raw = write_disk(tmp_path / "c.raw", size, [(2 * MIB, "random", MIB + 5000),
+                                                      (12 * MIB, "text", 100)], seed=3)
+    options = SUBFORMATS["dynamic-force-size"]
+    parent = qemu_convert(parent_raw, tmp_path / "base.vhd", "vpc", options)
+    child = qemu_convert(child_raw, tmp_path / "child-q.vhd", "vpc", options)
+    return parent, parent_raw, child, child_raw
+
+
+def test_differencing_vhd_reads_its_parent(chain, tmp_path, qemu_img):
+    parent, parent_raw, child, child_raw = chain
+    vhd = _child_of(parent, child, ".\\base.vhd")
+    bitmap_at = vhd.bat(1) * 512
+    vhd.data[bitmap_at] = 0x0F  # block 1's first four sectors come from the parent
+    image = vhd.save("child.vhd")
+    want = _merged(parent_raw.read_bytes(), vhd, child_raw.read_bytes())
+    assert want[2 * MIB:2 * MIB + 2048] == parent_raw.read_bytes()[2 * MIB:2 * MIB + 2048]
+    assert read_all(image) == want
+    expected = tmp_path / "expected.raw"
+    expected.write_bytes(want)
+    out = tmp_path / "child.vmdk"
+    convert(image, out)
+    proc = qemu_img("compare", "-f", "raw", "-F", "vmdk", expected, out)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open_source(image) as source:
+        assert len(source.files) == 2  # both files checked for changes, both closed
+
+
+def test_differencing_vhd_by_absolute_locator(chain, tmp_path):
+    parent, parent_raw, child, child_raw = chain
+    vhd = _child_of(parent, child, str(parent), code=b"W2ku")
+    want = _merged(parent_raw.read_bytes(), vhd, child_raw.read_bytes())
+    assert read_all(vhd.save("child.vhd")) == want
+
+
+def test_differencing_vhd_with_a_missing_parent(chain, tmp_path):
+    parent, _, child, _ = chain
+    vhd = _child_of(parent, child, "gone.vhd")
+    text = _refused(vhd.save("orphan.vhd"), "vhd.parent", tmp_path)
+    assert "gone.vhd" in text and "not found" in text
+
+
+def test_differencing_vhd_whose_parent_changed(chain, tmp_path):
+    parent, _, child, _ = chain
+    other = Dynamic(child)
+    vhd = _child_of(other.path, child, "base.vhd")  # records the child's own id, not base's
+    assert "unique id" in _refused(vhd.save("stale.vhd"), "vhd.parent", tmp_path)
+
+
+def test_a_chain_that_loops_is_bounded(chain, tmp_path):
+    _, _, child, _ = chain
+    vhd = _child_of(child, child, "loop.vhd")
+    vhd.data[vhd.header_at + 40:vhd.header_at + 56] = vhd.data[68:84]  # its own id
+    vhd.set_header(">I", 60, 0)
+    assert "deeper than" in _refused(vhd.save("loop.vhd"), "vhd.parent", tmp_path)
 
 
 def test_garbage_after_the_cookie(tmp_path):
@@ -284,3 +367,13 @@ def test_reads_what_qemu_wrote(tmp_path_factory, size_kib, writes, subformat):
         for start, end in zip([0] + [e for _, e in source.extents],
                               [s for s, _ in source.extents] + [source.size_bytes]):
             assert not any(got[start:end])
+
+
+def test_differencing_vhd_whose_parent_is_a_container_not_read(chain, tmp_path, qemu_img):
+    parent, parent_raw, child, _ = chain
+    vdi = tmp_path / "base.vdi"
+    assert qemu_img("convert", "-f", "raw", "-O", "vdi", parent_raw, vdi).returncode == 0
+    vhd = _child_of(parent, child, "base.vdi")
+    with pytest.raises(UnsupportedError, match=r"base.vdi: \[source.format\] this is a vdi"):
+        convert(vhd.save("on-vdi.vhd"), tmp_path / "x.vmdk")
+    assert not (tmp_path / "x.vmdk").exists()

@@ -14,6 +14,7 @@ closing are shared here.
 
 from __future__ import annotations
 
+import bisect
 import os
 import stat
 import struct
@@ -27,7 +28,7 @@ from ..regular import open_regular_fd
 from ..vmdk.layout import GRAIN_BYTES, SPAN_BYTES, SPAN_GRAINS, capacity_sectors_for
 
 __all__ = ["DiskSource", "OpenFile", "SpanPlan", "Extent", "SourceChangedError", "RULES",
-           "ZEROS", "plan_spans"]
+           "ZEROS", "fill_zeros", "plan_spans"]
 
 RULES = {
     "source.changed": "a disk image changed while it was read (shrank, grew, or was "
@@ -101,6 +102,13 @@ class SpanPlan:
     extents: tuple[Extent, ...]  # data ranges inside the span, relative to the span start
 
 
+def fill_zeros(view: memoryview) -> None:
+    """Fill ``view`` (of any length) with zeros, 32 MiB at a time."""
+    for start in range(0, len(view), SPAN_BYTES):
+        piece = view[start:start + SPAN_BYTES]
+        piece[:] = ZEROS[:len(piece)]
+
+
 def plan_spans(extents: Iterable[Extent], n_grains: int) -> list[SpanPlan]:
     """Spans that hold data, in order; a span wholly outside ``extents`` is absent."""
     plans: dict[int, list[Extent]] = {}
@@ -170,13 +178,25 @@ class DiskSource:
         """``length`` bytes of the virtual disk at ``offset`` (zeros outside the extents);
         a random-access read, for the sample key.  Sequential sources override it."""
         out = bytearray(length)
-        view = memoryview(out)
-        end = offset + length
-        for start, stop in self.extents:
-            lo, hi = max(start, offset), min(stop, end)
-            if lo < hi:
-                self._read_extent(lo, view[lo - offset:hi - offset])
+        self.read_into(offset, memoryview(out))
         return bytes(out)
+
+    def read_into(self, offset: int, view: memoryview) -> None:
+        """Fill ``view`` with the virtual disk's bytes at ``offset``, zeros outside the
+        extents (found by bisection: a child disk reads its parent this way, piece by
+        piece).  ``view`` must lie inside one span for sources that care."""
+        end = offset + len(view)
+        filled = offset
+        extents = self.extents
+        i = max(bisect.bisect_right(extents, (offset, offset)) - 1, 0)
+        while i < len(extents) and extents[i][0] < end:
+            lo, hi = max(extents[i][0], offset), min(extents[i][1], end)
+            if lo < hi:
+                fill_zeros(view[filled - offset:lo - offset])
+                self._read_extent(lo, view[lo - offset:hi - offset])
+                filled = hi
+            i += 1
+        fill_zeros(view[filled - offset:])
 
     def sample_key(self, **settings: object) -> bytes:
         """A 16-byte key for the IDs in the VMDK descriptor, known before the data streams.

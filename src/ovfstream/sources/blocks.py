@@ -12,7 +12,7 @@ from typing import Callable, Iterable
 from ..errors import FormatError
 from .base import Extent
 
-__all__ = ["Claim", "check_disjoint", "coalesce"]
+__all__ = ["Claim", "check_disjoint", "coalesce", "union"]
 
 Claim = tuple[int, int, object]  # [start, end) in the file, and what claims it (for messages)
 
@@ -36,6 +36,17 @@ def coalesce(ranges: Iterable[Extent]) -> list[Extent]:
     for start, end in ranges:
         if out and out[-1][1] == start:
             out[-1] = (out[-1][0], end)
+        else:
+            out.append((start, end))
+    return out
+
+
+def union(a: list[Extent], b: list[Extent]) -> list[Extent]:
+    """The sorted, disjoint ranges covering what ``a`` or ``b`` (each sorted, disjoint) do."""
+    out: list[Extent] = []
+    for start, end in sorted(a + b):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
         else:
             out.append((start, end))
     return out

@@ -14,8 +14,10 @@ its data; bit 7 of bitmap byte 0 is the block's first sector).
   sector whose bitmap bit is 0 reads as zeros: a block whose bitmap is all ones (what qemu
   and Hyper-V write) is one pread, an all-zero one is a hole, a mixed one is read sector run
   by sector run with its bitmap read again.
-* Differencing disks (type 4) are refused (``vhd.parent``): their sectors mix the child and
-  its parent at sector granularity; merge them first.
+* A differencing disk (type 4) reads its parent through the parent locators that name a
+  file ("W2ru" relative, then "W2ku" absolute; UTF-16LE), opened with ``open_source`` up to
+  ``MAX_CHAIN_DEPTH`` links, its footer's unique id checked against the child's record: a
+  block the child lacks, and a sector whose bitmap bit is 0, read from the parent.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ import struct
 import sys
 from typing import Iterator
 
-from ..errors import FormatError, UnsupportedError
-from .base import DiskSource, OpenFile
-from .blocks import Claim, check_disjoint, coalesce
+from ..errors import FormatError
+from .base import DiskSource, OpenFile, fill_zeros
+from .blocks import Claim, check_disjoint, coalesce, union
 from .raw import file_data_extents
 
 __all__ = ["VhdSource", "VhdFormatError", "RULES", "vhd_virtual_size"]
@@ -42,8 +44,9 @@ RULES = {
                    "for the disk's size",
     "vhd.bat": "a block allocation table entry points outside the file, or two blocks (or a "
                "block and the headers or the table) share bytes",
-    "vhd.parent": "a differencing VHD (disk type 4) needs its parent; ovfstream does not read "
-                  "those chains: merge the disk into its parent first",
+    "vhd.parent": "a differencing VHD's parent cannot be used: no locator names a file that "
+                  "exists, its unique id is not the one the child recorded, or the chain is "
+                  "deeper than 16 links",
 }
 
 
@@ -63,6 +66,10 @@ MIN_BLOCK_BYTES = SECTOR              # the spec sets no bounds; qemu accepts po
 MAX_BLOCK_BYTES = 256 << 20
 MAX_BLOCKS = 1 << 22                  # 8 TiB of 2 MiB blocks: past VHD's 2040 GiB; bounds the BAT
 MAX_GEOMETRY_SECTORS = 65535 * 16 * 255
+MAX_CHAIN_DEPTH = 16
+MAX_LOCATOR_BYTES = 64 << 10          # a path, in UTF-16: far more than any file system allows
+LOCATOR_CODES = (b"W2ru", b"W2ku")    # relative, then absolute path (UTF-16LE)
+BLOCK_ABSENT, BLOCK_FULL, BLOCK_MIXED = 0, 1, 2  # absent: not allocated or every bit 0
 # Creator applications whose footer "current size" is the disk size (qemu block/vpc.c); the
 # others (Virtual PC's "vpc ", older qemu's "qemu"...) size the disk by its CHS geometry.
 CURRENT_SIZE_CREATORS = (b"win ", b"qem2", b"d2v ", b"CTXS", b"tap\x00")
@@ -75,7 +82,12 @@ _CHECKSUM_AT = 64
 # cookie, data offset, table offset, header version, max table entries, block size, checksum
 _DYNAMIC = struct.Struct(">8sQQIIII")
 _DYNAMIC_CHECKSUM_AT = 36
-_PARENT_NAME = slice(64, 576)  # parent unicode name, UTF-16BE
+_UNIQUE_ID = slice(68, 84)         # in the footer
+_PARENT_UNIQUE_ID = slice(40, 56)  # in the dynamic header
+_PARENT_NAME = slice(64, 576)      # parent unicode name, UTF-16BE
+# platform code, platform data space, platform data length, platform data offset
+_LOCATOR = struct.Struct(">4sII4xQ")
+_LOCATORS_AT = 576
 
 
 def _checksum(data: bytes, at: int) -> int:
@@ -107,6 +119,8 @@ class VhdSource(DiskSource):
         self._file = OpenFile(path)
         self.path = self._file.path
         self.files = [self._file]
+        self._parent: DiskSource | None = None
+        self._depth = depth
         try:
             self.mtime = int(self._file.stat.st_mtime)
             self._open()
@@ -152,6 +166,7 @@ class VhdSource(DiskSource):
             raise self._error("vhd.footer", "disk type %d: 2 (fixed), 3 (dynamic) or 4 "
                               "(differencing) expected" % disk_type, at + 60)
         self.disk_type = disk_type
+        self.unique_id = footer[_UNIQUE_ID]
         self.size_bytes = vhd_virtual_size(creator_app, current_size, cylinders, heads,
                                            sectors_per_track)
         if self.size_bytes == 0:
@@ -188,12 +203,6 @@ class VhdSource(DiskSource):
         if version != VERSION_1_0:
             raise self._error("vhd.dynamic", "header version 0x%08x, expected 0x%08x"
                               % (version, VERSION_1_0), header_at + 24)
-        if self.disk_type == DISK_DIFFERENCING:
-            parent = header[_PARENT_NAME].decode("utf-16-be", "replace").split("\x00")[0]
-            raise UnsupportedError(
-                "%s: [vhd.parent] a differencing VHD (parent %r): ovfstream does not read VHD "
-                "chains; merge it into its parent first (Hyper-V Merge-VHD, vhd-util "
-                "coalesce), then convert the parent" % (self.path, parent))
         if not (MIN_BLOCK_BYTES <= block_bytes <= MAX_BLOCK_BYTES
                 and block_bytes & (block_bytes - 1) == 0):
             raise self._error("vhd.dynamic", "block size %d: a power of two from %d to %d "
@@ -219,20 +228,73 @@ class VhdSource(DiskSource):
         self._block_bytes = block_bytes
         # The bitmap holds one bit per sector, padded to whole sectors.
         self._bitmap_bytes = -(-(block_bytes // SECTOR // 8) // SECTOR) * SECTOR
-        self._partial = bytearray(n_blocks)  # 1: a block whose bitmap mixes 0s and 1s
         self._check_claims(footer_at, header_at, table_at, table_bytes)
+        self._kinds = bytearray(n_blocks)  # BLOCK_ABSENT, BLOCK_FULL or BLOCK_MIXED
         present: list[tuple[int, int]] = []
         for index, entry in enumerate(bat):
-            if entry == UNALLOCATED:
-                continue
-            kind = self._bitmap_kind(index, entry)
-            if kind == "zeros":
-                continue
-            if kind == "mixed":
-                self._partial[index] = 1
-            start = index * block_bytes
-            present.append((start, min(start + block_bytes, self.size_bytes)))
+            if entry != UNALLOCATED:
+                self._kinds[index] = kind = self._bitmap_kind(index, entry)
+                if kind != BLOCK_ABSENT:
+                    start = index * block_bytes
+                    present.append((start, min(start + block_bytes, self.size_bytes)))
         self.extents = coalesce(present)
+        if self.disk_type == DISK_DIFFERENCING:
+            self._parent = parent = self._open_parent(header, header_at)
+            self.files += parent.files
+            self.mtime = max(self.mtime, parent.mtime)
+            self.extents = union(self.extents, [(start, min(end, self.size_bytes))
+                                                for start, end in parent.extents
+                                                if start < self.size_bytes])
+
+    def _open_parent(self, header: bytes, header_at: int) -> DiskSource:
+        """The parent a locator names: W2ru (relative to this file) first, then W2ku."""
+        from . import open_source  # the package imports its readers lazily
+
+        name = header[_PARENT_NAME].decode("utf-16-be", "replace").split("\x00")[0]
+        if self._depth + 1 >= MAX_CHAIN_DEPTH:
+            raise self._error("vhd.parent", "parent %r: the chain is deeper than %d links"
+                              % (name, MAX_CHAIN_DEPTH), header_at + _LOCATORS_AT)
+        tried = []
+        for code in LOCATOR_CODES:
+            for i in range(8):
+                entry_at = _LOCATORS_AT + i * _LOCATOR.size
+                found, _, length, at = _LOCATOR.unpack_from(header, entry_at)
+                if found != code:
+                    continue
+                if length > MAX_LOCATOR_BYTES or at + length > self._file.size:
+                    raise self._error("vhd.parent", "parent locator %d (%d bytes at %d) lies "
+                                      "outside the file or is too long" % (i, length, at),
+                                      header_at + entry_at)
+                text = self._file.pread(length, at).decode("utf-16-le", "replace")
+                text = text.split("\x00")[0].replace("\\", "/")
+                path = os.path.join(os.path.dirname(self.path), text)
+                tried.append(path)
+                if os.path.exists(path):
+                    return self._checked_parent(open_source(path, depth=self._depth + 1),
+                                                header, header_at)
+        raise self._error("vhd.parent", "parent %r not found (tried: %s)"
+                          % (name, ", ".join(tried) or "no W2ru/W2ku locator"),
+                          header_at + _LOCATORS_AT)
+
+    def _checked_parent(self, parent: DiskSource, header: bytes,
+                        header_at: int) -> DiskSource:
+        want = header[_PARENT_UNIQUE_ID]
+        problem = None
+        try:
+            parent.check_format()  # a container no module reads is not a parent read as raw
+        except BaseException:
+            parent.close()
+            raise
+        if parent.sequential:
+            problem = "a %s stream cannot be read at random" % parent.format
+        elif getattr(parent, "unique_id", want) != want:
+            problem = ("its unique id %s is not the %s this disk recorded (the parent changed)"
+                       % (parent.unique_id.hex(), want.hex()))  # type: ignore[attr-defined]
+        if problem is not None:
+            parent.close()
+            raise self._error("vhd.parent", "parent %s: %s" % (parent.path, problem),
+                              header_at + _PARENT_UNIQUE_ID.start)
+        return parent
 
     def _block_data_bytes(self, index: int) -> int:
         """The bytes of block ``index`` that hold the disk (the last block may hold fewer)."""
@@ -266,17 +328,18 @@ class VhdSource(DiskSource):
                        error=VhdFormatError,
                        describe=lambda w: "block %d" % w if isinstance(w, int) else str(w))
 
-    def _bitmap_kind(self, index: int, entry: int) -> str:
-        """``ones``, ``zeros`` or ``mixed``: the bitmap bits of the block's disk sectors."""
+    def _bitmap_kind(self, index: int, entry: int) -> int:
+        """BLOCK_FULL (every bit of the block's disk sectors 1), BLOCK_ABSENT (every bit 0)
+        or BLOCK_MIXED."""
         n_sectors = -(-self._block_data_bytes(index) // SECTOR)
         bitmap = self._file.pread(-(-n_sectors // 8), entry * SECTOR)
         whole, rest = divmod(n_sectors, 8)
         tail = bitmap[whole] >> (8 - rest) if rest else None  # the bits of the last sectors
         if bitmap.count(0xFF, 0, whole) == whole and tail in (None, (1 << rest) - 1):
-            return "ones"
+            return BLOCK_FULL
         if bitmap.count(0, 0, whole) == whole and tail in (None, 0):
-            return "zeros"
-        return "mixed"
+            return BLOCK_ABSENT
+        return BLOCK_MIXED
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -288,15 +351,26 @@ class VhdSource(DiskSource):
         while pos < n:
             index, within = divmod(offset + pos, block_bytes)
             take = min(n - pos, block_bytes - within)
-            if self._partial[index]:
-                self._read_mixed(index, within, view[pos:pos + take])
-            else:  # an extent holds allocated blocks only
+            kind = self._kinds[index]
+            if kind == BLOCK_FULL:
                 data_at = self._bat[index] * SECTOR + self._bitmap_bytes
                 self._file.pread_into(view[pos:pos + take], data_at + within)
+            elif kind == BLOCK_MIXED:
+                self._read_mixed(index, within, view[pos:pos + take])
+            else:  # only a differencing disk's extents hold absent blocks
+                self._read_parent(offset + pos, view[pos:pos + take])
             pos += take
 
+    def _read_parent(self, offset: int, view: memoryview) -> None:
+        """The parent's bytes (zeros without a parent: a dynamic disk's clear bits)."""
+        if self._parent is None:
+            fill_zeros(view)
+        else:
+            self._parent.read_into(offset, view)
+
     def _read_mixed(self, index: int, within: int, view: memoryview) -> None:
-        """Sectors whose bitmap bit is 1 from the block, the others zeros."""
+        """Sectors whose bitmap bit is 1 from the block, the others from the parent (zeros
+        without one)."""
         block_at = self._bat[index] * SECTOR
         bitmap = self._file.pread(self._bitmap_bytes, block_at)
         data_at = block_at + self._bitmap_bytes
@@ -314,5 +388,5 @@ class VhdSource(DiskSource):
             if bit:
                 self._file.pread_into(view[pos:run_end], data_at + within + pos)
             else:
-                view[pos:run_end] = bytes(run_end - pos)
+                self._read_parent(index * self._block_bytes + within + pos, view[pos:run_end])
             pos = run_end
