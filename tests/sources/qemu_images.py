@@ -11,7 +11,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import pytest
+
 from ovfstream import cli
+from ovfstream.convert import convert
+from ovfstream.errors import FormatError
 from ovfstream.sources import open_source
 
 from ovfs_testlib import tool
@@ -76,3 +80,30 @@ def read_all(image: Path) -> bytes:
     """The whole virtual disk as our source reads it (small images only)."""
     with open_source(image) as source:
         return source.read_at(0, source.size_bytes)
+
+
+def assert_refused(image: Path, rule: str, tmp_path: Path, kind: type = FormatError) -> str:
+    """convert refuses ``image`` with ``kind``, naming the file, the offset and ``rule``,
+    and leaves nothing under the output name; the message."""
+    out = tmp_path / "refused.vmdk"
+    with pytest.raises(kind) as info:
+        convert(image, out)
+    text = str(info.value)
+    assert str(image) in text and "[%s]" % rule in text and "@0x" in text, text
+    if kind is FormatError:
+        assert info.value.rule == rule
+    assert not out.exists()
+    return text
+
+
+class TamperedImage:
+    """An image's bytes, to change and save under a new name beside it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.data = bytearray(path.read_bytes())
+
+    def save(self, name: str) -> Path:
+        out = self.path.with_name(name)
+        out.write_bytes(bytes(self.data))
+        return out

@@ -16,14 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ovfstream.convert import convert
-from ovfstream.errors import FormatError, UnsupportedError
+from ovfstream.errors import UnsupportedError
 from ovfstream.sources import open_source
 from ovfstream.sources.vhd import VhdSource, vhd_virtual_size
 
-from ovfs_testlib import DISKS, MIB, write_disk
+from ovfs_testlib import MIB, write_disk
 
-from .qemu_images import (assert_cli_refuses, assert_pack_verifies, assert_round_trip,
-                          qemu_convert, read_all)
+from .qemu_images import (TamperedImage, assert_cli_refuses, assert_pack_verifies,
+                          assert_refused, assert_round_trip, qemu_convert, read_all)
 
 pytestmark = pytest.mark.interop
 
@@ -88,12 +88,11 @@ def _sum_checksum(data: bytearray, at: int) -> None:
     struct.pack_into(">I", data, at, ~sum(data) & 0xFFFFFFFF)
 
 
-class Dynamic:
+class Dynamic(TamperedImage):
     """A qemu-img dynamic VHD opened for tampering: footer copy, header, BAT."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.data = bytearray(path.read_bytes())
+        super().__init__(path)
         self.header_at = struct.unpack_from(">Q", self.data, 16)[0]
         self.table_at = struct.unpack_from(">Q", self.data, self.header_at + 16)[0]
         self.block_bytes = struct.unpack_from(">I", self.data, self.header_at + 32)[0]
@@ -119,27 +118,11 @@ class Dynamic:
             _sum_checksum(header, 36)
             self.data[self.header_at:self.header_at + 1024] = header
 
-    def save(self, name: str) -> Path:
-        out = self.path.with_name(name)
-        out.write_bytes(bytes(self.data))
-        return out
 
 
 @pytest.fixture
 def dynamic(make_disk, tmp_path) -> Dynamic:
     return Dynamic(_vhd(make_disk, tmp_path, "mixed", "dynamic-force-size"))
-
-
-def _refused(image: Path, rule: str, tmp_path: Path, kind: type = FormatError) -> str:
-    out = tmp_path / "refused.vmdk"
-    with pytest.raises(kind) as info:
-        convert(image, out)
-    text = str(info.value)
-    assert str(image) in text and "[%s]" % rule in text, text
-    if kind is FormatError:
-        assert info.value.rule == rule and "@0x" in text
-    assert not out.exists()
-    return text
 
 
 def test_mixed_sector_bitmap_reads_zeros_for_clear_bits(dynamic, tmp_path):
@@ -173,73 +156,71 @@ def test_old_511_byte_footer(make_disk, tmp_path):
 
 def test_bad_footer_checksum(dynamic, tmp_path):
     dynamic.set_footer(">I", 64, 0x12345678, fix=False)
-    _refused(dynamic.save("footer-checksum.vhd"), "vhd.footer", tmp_path)
+    assert_refused(dynamic.save("footer-checksum.vhd"), "vhd.footer", tmp_path)
 
 
 def test_bad_version_and_disk_type(dynamic, tmp_path):
     dynamic.set_footer(">I", 12, 0x00020000)
-    _refused(dynamic.save("version.vhd"), "vhd.footer", tmp_path)
+    assert_refused(dynamic.save("version.vhd"), "vhd.footer", tmp_path)
     dynamic.set_footer(">I", 12, 0x00010000)
     dynamic.set_footer(">I", 60, 7)
-    assert "disk type 7" in _refused(dynamic.save("type.vhd"), "vhd.footer", tmp_path)
+    assert "disk type 7" in assert_refused(dynamic.save("type.vhd"), "vhd.footer", tmp_path)
 
 
 def test_bad_dynamic_header_checksum(dynamic, tmp_path):
     dynamic.set_header(">I", 36, 1, fix=False)
-    _refused(dynamic.save("header-checksum.vhd"), "vhd.dynamic", tmp_path)
+    assert_refused(dynamic.save("header-checksum.vhd"), "vhd.dynamic", tmp_path)
 
 
 @pytest.mark.parametrize("block_bytes", [0, 3 * MIB, 1 << 31, 256])
 def test_block_size_not_allowed(dynamic, tmp_path, block_bytes):
     dynamic.set_header(">I", 32, block_bytes)
-    assert "block size %d" % block_bytes in _refused(
+    assert "block size %d" % block_bytes in assert_refused(
         dynamic.save("block-size.vhd"), "vhd.dynamic", tmp_path)
 
 
 def test_too_few_table_entries(dynamic, tmp_path):
     dynamic.set_header(">I", 28, 10)
-    _refused(dynamic.save("entries.vhd"), "vhd.dynamic", tmp_path)
+    assert_refused(dynamic.save("entries.vhd"), "vhd.dynamic", tmp_path)
 
 
 def test_bat_entry_past_the_end(dynamic, tmp_path):
     dynamic.set_bat(2, len(dynamic.data) // 512)
-    _refused(dynamic.save("bat-eof.vhd"), "vhd.bat", tmp_path)
+    assert_refused(dynamic.save("bat-eof.vhd"), "vhd.bat", tmp_path)
 
 
 def test_two_blocks_sharing_bytes(dynamic, tmp_path):
     dynamic.set_bat(16, dynamic.bat(2))
-    assert "overlaps" in _refused(dynamic.save("bat-alias.vhd"), "vhd.bat", tmp_path)
+    assert "overlaps" in assert_refused(dynamic.save("bat-alias.vhd"), "vhd.bat", tmp_path)
 
 
 def test_block_over_the_table(dynamic, tmp_path):
     dynamic.set_bat(2, dynamic.table_at // 512)
-    _refused(dynamic.save("bat-table.vhd"), "vhd.bat", tmp_path)
+    assert_refused(dynamic.save("bat-table.vhd"), "vhd.bat", tmp_path)
 
 
 def test_table_past_the_end(dynamic, tmp_path):
     dynamic.set_header(">Q", 16, len(dynamic.data) - 8)
-    _refused(dynamic.save("table-eof.vhd"), "vhd.bat", tmp_path)
+    assert_refused(dynamic.save("table-eof.vhd"), "vhd.bat", tmp_path)
 
 
 def test_truncated_dynamic_vhd(dynamic, tmp_path):
     image = dynamic.path.with_name("truncated.vhd")
     image.write_bytes(bytes(dynamic.data[:len(dynamic.data) // 2]))
-    _refused(image, "vhd.bat", tmp_path)
+    assert_refused(image, "vhd.bat", tmp_path)
     image.write_bytes(bytes(dynamic.data[:300]))  # shorter than a footer
-    _refused(image, "vhd.footer", tmp_path)
+    assert_refused(image, "vhd.footer", tmp_path)
 
 
 def test_fixed_disk_larger_than_its_data(make_disk, tmp_path):
     image = _vhd(make_disk, tmp_path, "odd_size", "fixed-force-size")
-    fixed = Dynamic.__new__(Dynamic)
-    fixed.data, fixed.path = bytearray(image.read_bytes()), image
-    fixed.data[:512] = bytes(512)  # no copy at 0 in a fixed disk; keep the head raw
+    fixed = TamperedImage(image)
     end = len(fixed.data) - 512
     struct.pack_into(">Q", fixed.data, end + 48, 1 << 40)
     footer = bytearray(fixed.data[end:])
     _sum_checksum(footer, 64)
     fixed.data[end:] = footer
-    _refused(fixed.save("fixed-short.vhd"), "vhd.footer", tmp_path)
+    assert_refused(fixed.save("fixed-short.vhd"), "vhd.footer", tmp_path)
 
 
 def _child_of(parent: Path, child: Path, locator: str, *, code: bytes = b"W2ru") -> Dynamic:
@@ -315,7 +296,7 @@ def test_differencing_vhd_by_absolute_locator(chain, tmp_path):
 def test_differencing_vhd_with_a_missing_parent(chain, tmp_path):
     parent, _, child, _ = chain
     vhd = _child_of(parent, child, "gone.vhd")
-    text = _refused(vhd.save("orphan.vhd"), "vhd.parent", tmp_path)
+    text = assert_refused(vhd.save("orphan.vhd"), "vhd.parent", tmp_path)
     assert "gone.vhd" in text and "not found" in text
 
 
@@ -323,7 +304,7 @@ def test_differencing_vhd_whose_parent_changed(chain, tmp_path):
     parent, _, child, _ = chain
     other = Dynamic(child)
     vhd = _child_of(other.path, child, "base.vhd")  # records the child's own id, not base's
-    assert "unique id" in _refused(vhd.save("stale.vhd"), "vhd.parent", tmp_path)
+    assert "unique id" in assert_refused(vhd.save("stale.vhd"), "vhd.parent", tmp_path)
 
 
 def test_a_chain_that_loops_is_bounded(chain, tmp_path):
@@ -331,13 +312,13 @@ def test_a_chain_that_loops_is_bounded(chain, tmp_path):
     vhd = _child_of(child, child, "loop.vhd")
     vhd.data[vhd.header_at + 40:vhd.header_at + 56] = vhd.data[68:84]  # its own id
     vhd.set_header(">I", 60, 0)
-    assert "deeper than" in _refused(vhd.save("loop.vhd"), "vhd.parent", tmp_path)
+    assert "deeper than" in assert_refused(vhd.save("loop.vhd"), "vhd.parent", tmp_path)
 
 
 def test_garbage_after_the_cookie(tmp_path):
     image = tmp_path / "garbage.vhd"
     image.write_bytes(b"conectix" + bytes(range(256)) * 8)
-    _refused(image, "vhd.footer", tmp_path)
+    assert_refused(image, "vhd.footer", tmp_path)
 
 
 def test_refusal_through_the_real_command(dynamic, tmp_path):

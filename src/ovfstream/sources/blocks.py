@@ -7,12 +7,39 @@ itself; such an image is refused rather than read twice (every allocated byte is
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Iterable
 
 from ..errors import FormatError
-from .base import Extent
+from .base import DiskSource, Extent, OpenFile
 
-__all__ = ["Claim", "check_disjoint", "coalesce", "union"]
+__all__ = ["BlockTableSource", "Claim", "check_disjoint", "coalesce", "union"]
+
+
+class BlockTableSource(DiskSource):
+    """A source whose image is one file with its own tables: the constructor opens it,
+    ``_open`` (the format's) reads the tables, and a failure closes whatever was opened."""
+
+    error: type[FormatError] = FormatError  # the format's FormatError subclass
+
+    def __init__(self, path: str | os.PathLike[str], *, size: int | None = None,
+                 depth: int = 0) -> None:
+        self._file = OpenFile(path)
+        self.path = self._file.path
+        self.files = [self._file]
+        try:
+            self.mtime = int(self._file.stat.st_mtime)
+            self._open(depth)
+        except BaseException:
+            self.close()
+            raise
+        self._sized()
+
+    def _open(self, depth: int) -> None:
+        raise NotImplementedError
+
+    def _error(self, rule: str, detail: str, offset: int | None = None) -> FormatError:
+        return self.error(rule, detail, path=self.path, offset=offset)
 
 Claim = tuple[int, int, object]  # [start, end) in the file, and what claims it (for messages)
 

@@ -30,8 +30,8 @@ import sys
 from typing import Iterator
 
 from ..errors import FormatError
-from .base import DiskSource, OpenFile, fill_zeros
-from .blocks import Claim, check_disjoint, coalesce, union
+from .base import DiskSource, fill_zeros
+from .blocks import BlockTableSource, Claim, check_disjoint, coalesce, union
 from .raw import file_data_extents
 
 __all__ = ["VhdSource", "VhdFormatError", "RULES", "vhd_virtual_size"]
@@ -109,28 +109,12 @@ def vhd_virtual_size(creator_app: bytes, current_size: int, cylinders: int, head
     return chs_sectors * SECTOR
 
 
-class VhdSource(DiskSource):
-    """An open fixed or dynamic VHD.  Thread-safe (pread; the tables are read-only)."""
+class VhdSource(BlockTableSource):
+    """An open fixed, dynamic or differencing VHD.  Thread-safe (pread; the tables are read-only)."""
 
     format = "vpc"
-
-    def __init__(self, path: str | os.PathLike[str], *, size: int | None = None,
-                 depth: int = 0) -> None:
-        self._file = OpenFile(path)
-        self.path = self._file.path
-        self.files = [self._file]
-        self._parent: DiskSource | None = None
-        self._depth = depth
-        try:
-            self.mtime = int(self._file.stat.st_mtime)
-            self._open()
-        except BaseException:
-            self.close()
-            raise
-        self._sized()
-
-    def _error(self, rule: str, detail: str, offset: int | None = None) -> VhdFormatError:
-        return VhdFormatError(rule, detail, path=self.path, offset=offset)
+    error = VhdFormatError
+    _parent: DiskSource | None = None
 
     # -- footer ----------------------------------------------------------------------------
 
@@ -152,7 +136,8 @@ class VhdSource(DiskSource):
         raise self._error("vhd.footer", "no footer cookie 'conectix' at the start or in the "
                           "last 512 bytes", max(0, file_size - FOOTER_BYTES))
 
-    def _open(self) -> None:
+    def _open(self, depth: int) -> None:
+        self._depth = depth  # links followed to reach this disk (a parent opens at depth + 1)
         footer, at = self._read_footer()
         (_, _, version, data_offset, _, creator_app, _, _, _, current_size, cylinders, heads,
          sectors_per_track, disk_type, checksum) = _FOOTER.unpack_from(footer)

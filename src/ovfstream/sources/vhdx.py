@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import array
 import bisect
-import os
 import struct
 import sys
 import uuid
 
 from ..errors import FormatError, UnsupportedError
-from .base import DiskSource, OpenFile
-from .blocks import Claim, check_disjoint, coalesce
+from .blocks import BlockTableSource, Claim, check_disjoint, coalesce
 from .crc32c import crc32c
 
 __all__ = ["VhdxSource", "VhdxFormatError", "RULES"]
@@ -113,28 +111,13 @@ def _crc_ok(data: bytes, at: int = 4) -> bool:
     return crc32c(data[:at] + bytes(4) + data[at + 4:]) == stored
 
 
-class VhdxSource(DiskSource):
+class VhdxSource(BlockTableSource):
     """An open fixed or dynamic VHDX.  Thread-safe (pread; the run tables are read-only)."""
 
     format = "vhdx"
+    error = VhdxFormatError
 
-    def __init__(self, path: str | os.PathLike[str], *, size: int | None = None,
-                 depth: int = 0) -> None:
-        self._file = OpenFile(path)
-        self.path = self._file.path
-        self.files = [self._file]
-        try:
-            self.mtime = int(self._file.stat.st_mtime)
-            self._open()
-        except BaseException:
-            self.close()
-            raise
-        self._sized()
-
-    def _error(self, rule: str, detail: str, offset: int | None = None) -> VhdxFormatError:
-        return VhdxFormatError(rule, detail, path=self.path, offset=offset)
-
-    def _open(self) -> None:
+    def _open(self, depth: int) -> None:
         file_size = self._file.size
         if file_size < HEADER_SECTION_BYTES:
             raise self._error("vhdx.header", "the file is %d bytes, shorter than the 1 MiB "
