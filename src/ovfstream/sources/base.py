@@ -178,25 +178,28 @@ class DiskSource:
         """``length`` bytes of the virtual disk at ``offset`` (zeros outside the extents);
         a random-access read, for the sample key.  Sequential sources override it."""
         out = bytearray(length)
-        self.read_into(offset, memoryview(out))
+        self.read_into(offset, memoryview(out), zeroed=True)
         return bytes(out)
 
-    def read_into(self, offset: int, view: memoryview) -> None:
-        """Fill ``view`` with the virtual disk's bytes at ``offset``, zeros outside the
-        extents (found by bisection: a child disk reads its parent this way, piece by
-        piece).  ``view`` must lie inside one span for sources that care."""
+    def read_into(self, offset: int, view: memoryview, *, zeroed: bool = False) -> None:
+        """Fill ``view`` with the virtual disk's bytes at ``offset`` (zeros outside the
+        extents; ``zeroed``: the caller's buffer is zeros already).  An overlay (qcow2) reads
+        its backing file through this."""
         end = offset + len(view)
         filled = offset
         extents = self.extents
-        i = max(bisect.bisect_right(extents, (offset, offset)) - 1, 0)
-        while i < len(extents) and extents[i][0] < end:
-            lo, hi = max(extents[i][0], offset), min(extents[i][1], end)
+        for i in range(max(0, bisect.bisect_right(extents, (offset,)) - 1), len(extents)):
+            start, stop = extents[i]
+            if start >= end:
+                break
+            lo, hi = max(start, offset), min(stop, end)
             if lo < hi:
-                fill_zeros(view[filled - offset:lo - offset])
+                if not zeroed and lo > filled:
+                    fill_zeros(view[filled - offset:lo - offset])
                 self._read_extent(lo, view[lo - offset:hi - offset])
                 filled = hi
-            i += 1
-        fill_zeros(view[filled - offset:])
+        if not zeroed and filled < end:
+            fill_zeros(view[filled - offset:])
 
     def sample_key(self, **settings: object) -> bytes:
         """A 16-byte key for the IDs in the VMDK descriptor, known before the data streams.
