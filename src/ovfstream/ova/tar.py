@@ -297,6 +297,10 @@ def decode_header(block: bytes, *, path: str | os.PathLike[str] | None = None,
     gid, _ = _parse_number(block[_GID], "gid", path=path, offset=offset)
     size, base256 = _parse_number(block[_SIZE], "size", path=path, offset=offset)
     mtime, _ = _parse_number(block[_MTIME], "mtime", path=path, offset=offset)
+    # Meaningless for a regular file, but tarfile parses them in every header and refuses the
+    # archive when they are not numbers: accept only what it reads too.
+    _parse_number(block[_DEVMAJOR], "devmajor", path=path, offset=offset)
+    _parse_number(block[_DEVMINOR], "devminor", path=path, offset=offset)
 
     name_field = block[_NAME]
     raw_name, nul, rest = name_field.partition(b"\x00")
