@@ -26,8 +26,8 @@ from .outputs import Inputs
 from .ova.tar import check_member_name
 from .ovf.reader import parse_descriptor
 from .package import FORMATS, extract_plan, open_package, output_collisions
-from .vmdk.reader import (ExtractResult, VmdkReader, extract_raw, extract_zst, write_raw,
-                          write_zst)
+from .vmdk.extract import ExtractResult, extract_raw, extract_zst, write_raw, write_zst
+from .vmdk.reader import VmdkReader
 
 __all__ = ["extract", "ExtractSummary", "FORMATS"]
 
