@@ -12,6 +12,7 @@ from .ova import tar
 from .ovf import reader as ovf_reader
 from .ovf import validate as ovf_validate
 from .sources import base, detect
+from .sources import vmdk as vmdk_source
 from .vmdk import reader as vmdk_reader
 
 __all__ = ["ALL_RULES", "render_markdown"]
@@ -26,6 +27,7 @@ SECTIONS: tuple[tuple[str, dict[str, str]], ...] = (
     ("OVF structure, verify --strict (ovf/validate.py)", ovf_validate.RULES),
     ("Input formats (sources/detect.py)", detect.RULES),
     ("Disk sources read by pack and convert (sources/base.py)", base.RULES),
+    ("VMDK inputs: sparse, flat and split extents (sources/vmdk.py)", vmdk_source.RULES),
 )
 
 ALL_RULES: dict[str, str] = {rule: text for _, rules in SECTIONS for rule, text in rules.items()}

@@ -125,6 +125,7 @@ _CHUNK = 1 << 20
 _MAX_FINDINGS = 100                     # per verify run: a broken file must not fill memory
 _TRAILING_CHECK_LIMIT = 64 << 20        # bytes after EOS we read to prove they are zero
 _ZERO_GRAIN = bytes(GRAIN_BYTES)
+_TAIL_SEARCH_BYTES = 64 << 10          # zero padding tolerated after a stream's EOS marker
 _GD_MARKER_SLACK = 128                  # sectors a writer may round its GD up by
 
 
@@ -222,11 +223,16 @@ class VmdkReader:
     open package file with ``base_offset`` (where the member's bytes start) and ``size`` (its
     length); offsets in errors are then relative to the member and nothing outside
     [base_offset, base_offset + size) is read. ``name``/``member`` only label messages.
+
+    ``hosted=True`` also accepts any hosted sparse extent (what sources/vmdk.py reads): the
+    uncompressed grains of a monolithicSparse or twoGbMaxExtentSparse extent, without markers,
+    and an extent without an embedded descriptor (descriptorOffset and descriptorSize 0).
+    Only the header and tables are checked then; the marker walk is for stream files.
     """
 
     def __init__(self, source: str | os.PathLike[str] | BinaryIO, *, name: str | None = None,
                  member: str | None = None, base_offset: int = 0,
-                 size: int | None = None) -> None:
+                 size: int | None = None, hosted: bool = False) -> None:
         if base_offset < 0 or (size is not None and size < 0):
             raise ValueError("base_offset and size must not be negative")
         self._owned: BinaryIO | None = None
@@ -238,6 +244,7 @@ class VmdkReader:
             f = source
             self.name = name if name is not None else str(getattr(source, "name", "<stream>"))
         self.member = member
+        self.hosted = hosted
         try:
             seekable = bool(f.seekable()) if hasattr(f, "seekable") else False
             if seekable:
@@ -343,11 +350,13 @@ class VmdkReader:
         unknown = h.flags & INCOMPAT_MASK & ~KNOWN_INCOMPAT_FLAGS
         if unknown:
             raise self._unsupported("unknown incompatible header flags 0x%x" % unknown)
-        if not h.flags & FLAG_COMPRESSED or not h.flags & FLAG_MARKERS:
+        if self.hosted and not h.flags & (FLAG_COMPRESSED | FLAG_MARKERS):
+            pass  # a plain hosted sparse extent: grains stored as they are
+        elif not h.flags & FLAG_COMPRESSED or not h.flags & FLAG_MARKERS:
             raise self._unsupported("flags 0x%x: not a stream-optimized VMDK (needs compressed "
                                     "grains and markers); monolithic/non-compressed sparse "
                                     "extents are not read" % h.flags)
-        if h.compress_algorithm != 1:
+        if h.compress_algorithm != 1 and h.flags & FLAG_COMPRESSED:
             raise err("vmdk.header.compression", "compressAlgorithm %d, expected 1 (deflate)"
                       % h.compress_algorithm, AT_COMPRESS_ALGORITHM)
         if h.grain_sectors != GRAIN_SECTORS:
@@ -363,13 +372,14 @@ class VmdkReader:
         if h.capacity_sectors > MAX_CAPACITY_SECTORS:
             raise self._unsupported("capacity %d sectors is over %d (64 TiB)"
                                     % (h.capacity_sectors, MAX_CAPACITY_SECTORS))
-        if h.descriptor_offset_sectors < 1 or h.descriptor_sectors < 1 \
+        no_descriptor = self.hosted and h.descriptor_offset_sectors == h.descriptor_sectors == 0
+        if not no_descriptor and (h.descriptor_offset_sectors < 1 or h.descriptor_sectors < 1) \
                 or h.descriptor_sectors > MAX_DESCRIPTOR_SECTORS:
             raise err("vmdk.header.descriptor", "descriptor at sector %d, %d sectors (a stream "
                       "VMDK embeds 1..%d sectors after the header)"
                       % (h.descriptor_offset_sectors, h.descriptor_sectors,
                          MAX_DESCRIPTOR_SECTORS), AT_DESCRIPTOR_OFFSET)
-        desc_end = h.descriptor_offset_sectors + h.descriptor_sectors
+        desc_end = self._head_end(h)
         if h.overhead_sectors < desc_end:
             raise err("vmdk.header.overhead", "overHead %d is before the descriptor's end %d"
                       % (h.overhead_sectors, desc_end), AT_OVERHEAD)
@@ -382,7 +392,7 @@ class VmdkReader:
 
     def _check_gd_offset(self, gd: int, h: Header, where: int) -> None:
         gd_bytes = self.n_spans_for(h) * 4
-        desc_end = h.descriptor_offset_sectors + h.descriptor_sectors
+        desc_end = self._head_end(h)
         size = self._in.size
         if gd == 0 or gd == GD_AT_END:
             raise self._error("vmdk.header.gd", "gdOffset %#x does not locate a grain "
@@ -398,6 +408,11 @@ class VmdkReader:
                               "past the end of the file (%d bytes)" % (gd, gd_bytes, size), where)
 
     @staticmethod
+    def _head_end(h: Header) -> int:
+        """The first sector after the header and the embedded descriptor: tables start there."""
+        return max(1, h.descriptor_offset_sectors + h.descriptor_sectors)
+
+    @staticmethod
     def n_spans_for(h: Header) -> int:
         n_grains = -(-h.capacity_sectors // h.grain_sectors)
         return -(-n_grains // h.gtes_per_gt)
@@ -407,6 +422,8 @@ class VmdkReader:
     def _read_descriptor(self) -> Descriptor:
         h = self.header
         offset = h.descriptor_offset_sectors * SECTOR
+        if h.descriptor_sectors == 0:  # a hosted extent whose descriptor is a file of its own
+            return Descriptor.parse("")
         raw = self._read_exact(offset, h.descriptor_sectors * SECTOR, "the embedded descriptor")
         raw = raw.split(b"\0", 1)[0]
         try:
@@ -456,6 +473,31 @@ class VmdkReader:
             raise self._error("vmdk.footer", "footer newline-check or compressAlgorithm differs "
                               "from the header's", offset + AT_NEWLINE_CHECK)
         self._check_gd_offset(footer.gd_offset_sectors, h, offset + AT_GD_OFFSET)
+
+    def tail_footer(self) -> tuple[Header, int]:
+        """The footer of a stream whose head says GD_AT_END, found at the end of the file
+        without walking the grains: the last non-zero sector (only the end-of-stream marker
+        and zero padding may follow it) is the footer, right after its marker.  Returns
+        (footer, byte offset), checked against the header; vmdk.footer when it is not there."""
+        size = self._in.size
+        if size is None or not self._in.seekable:
+            raise self._unsupported("finding the footer needs a seekable input")
+        first = self.header.overhead_sectors * SECTOR
+        start = max(first, size - _TAIL_SEARCH_BYTES)
+        start -= start % SECTOR
+        tail = self._in.pread(start, size - start)
+        end = len(tail) - len(tail) % SECTOR
+        while end > 0 and not any(tail[end - SECTOR:end]):
+            end -= SECTOR
+        at = start + end - SECTOR         # the last non-zero sector
+        if end >= 2 * SECTOR and tail[end - SECTOR:end - SECTOR + 4] == MAGIC \
+                and MARKER.unpack_from(tail, end - 2 * SECTOR) == (1, 0, MARKER_FOOTER):
+            footer = Header.unpack(tail[end - SECTOR:end])
+            self._check_footer(footer, at)
+            return footer, at
+        raise self._error("vmdk.footer", "the header puts the grain directory at the end, but "
+                          "no footer marker and footer end the file (truncated, or the stream "
+                          "was never finished)", max(at, 0) if end else size)
 
     # -- the marker walk -----------------------------------------------------------------
 
@@ -707,12 +749,21 @@ class VmdkReader:
             report.findings.append(exc.finding())
         return report
 
+    def grain_directory(self, gd_offset: int) -> bytes:
+        """The GD's raw entries (4 bytes per span); gd_offset was checked with the header."""
+        return self._read_exact(gd_offset * SECTOR, self.n_spans * 4, "the grain directory")
+
+    def grain_table(self, entry: int, span: int, gd_offset: int) -> bytes:
+        """The raw GT a GD entry points at, once its location is checked."""
+        self._table_location(entry, span, gd_offset)
+        return self._read_exact(entry * SECTOR, self.header.gtes_per_gt * 4, "a grain table")
+
     def _table_location(self, entry: int, span: int, gd_offset: int) -> None:
         """A GD entry must point at a GT inside the file: in the head or after a GT marker."""
         h = self.header
         size = self._in.size if self._in.size is not None else 0
         where = gd_offset * SECTOR + span * 4
-        desc_end = h.descriptor_offset_sectors + h.descriptor_sectors
+        desc_end = self._head_end(h)
         gt_bytes = h.gtes_per_gt * 4
         if entry < desc_end or entry * SECTOR + gt_bytes > size:
             raise self._error("vmdk.gd.entry", "GD entry %d points at sector %d, outside the "
@@ -721,7 +772,7 @@ class VmdkReader:
             if entry * SECTOR + gt_bytes > h.overhead_sectors * SECTOR:
                 raise self._error("vmdk.gd.entry", "GD entry %d: the table at sector %d passes "
                                   "overHead %d" % (span, entry, h.overhead_sectors), where)
-        else:
+        elif h.flags & FLAG_MARKERS:
             marker = self._read_exact((entry - 1) * SECTOR, SECTOR, "a grain-table marker")
             val, size_field, kind = MARKER.unpack_from(marker, 0)
             if size_field or kind != MARKER_GT or val != sectors_for(gt_bytes):
@@ -753,8 +804,7 @@ class VmdkReader:
             entry = gd_entry(span)
             if entry == 0:
                 return ()
-            self._table_location(entry, span, gd_offset)
-            return gt_struct.unpack(self._read_exact(entry * SECTOR, gtes * 4, "a grain table"))
+            return gt_struct.unpack(self.grain_table(entry, span, gd_offset))
 
         def add(rule: str, offset: int | None, message: str) -> bool:
             findings.append(Finding(rule, "error", where_name, offset, message))
