@@ -355,3 +355,19 @@ def test_not_a_vmdk_at_all(tmp_path, capsys):
     empty.write_text("# Disk DescriptorFile\nversion=1\n")
     with pytest.raises(FormatError, match="no extent lines"):
         VmdkSource(empty)
+
+
+@pytest.mark.interop
+def test_every_gd_entry_naming_one_table_costs_little(tmp_path, capsys):
+    raw = write_disk(tmp_path / "wide.raw", 64 * GiB, [(0, "random", 70000)])
+    image = make_vmdk(raw, "monolithicSparse", "wide")
+    h, gd, _gt = sparse_tables(image)
+    n_spans = -(-h.capacity_sectors // (128 * 512))
+    data = image.read_bytes()
+    first_gt = struct.unpack_from("<I", data, gd)[0]
+    empty_gt = struct.unpack_from("<I", data, gd + 4)[0]
+    patch(image, gd, struct.pack("<I", empty_gt) * n_spans)     # 4096 spans, one empty table
+    with open_source(image) as src:
+        assert src.extents == []
+    patch(image, gd, struct.pack("<I", first_gt) * n_spans)     # ... one table with grains
+    refused(image, tmp_path, "vmdk.gt.grains", capsys)

@@ -140,14 +140,19 @@ class _SparsePiece(_Piece):
         zeroed = h.flags & FLAG_ZEROED_GTE
         first_grain_sector = h.overhead_sectors
         tables: dict[int, array] = {}
-        cache: dict[int, array] = {}
+        cache: dict[int, array | None] = {}     # GT sector -> the table, None when it is empty
         sectors: list[int] = []
         for span, entry in enumerate(gd):
             if not entry:
                 continue
-            gt = cache.get(entry)
-            if gt is None:
-                gt = cache[entry] = _u32_array(reader.grain_table(entry, span, gd_offset))
+            if entry in cache:
+                gt = cache[entry]
+            else:
+                gt = _u32_array(reader.grain_table(entry, span, gd_offset))
+                holes = gt.count(0) + (gt.count(GTE_ZEROED) if zeroed else 0)
+                gt = cache[entry] = gt if holes < len(gt) else None
+            if gt is None:  # no grain: costs nothing however many GD entries point here
+                continue
             present = False
             for i, sector in enumerate(gt):
                 if not sector or (zeroed and sector == GTE_ZEROED):

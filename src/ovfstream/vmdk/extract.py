@@ -37,21 +37,22 @@ class ExtractResult:
 
 
 def extract_raw(reader: VmdkReader, out_path: str | os.PathLike[str], *,
-                sparse: bool = True) -> ExtractResult:
+                sparse: bool = True, workers: int = 1) -> ExtractResult:
     """Write the virtual disk as a raw image of exactly capacity bytes.
 
     Unwritten and all-zero grains become holes (sparse=True) or written zeros. The image is
     written under a temporary name and renamed to OUT only when complete.
     """
     with atomic_output(out_path, fsync=False) as out:
-        return write_raw(reader, out, path=os.fspath(out_path), sparse=sparse)
+        return write_raw(reader, out, path=os.fspath(out_path), sparse=sparse, workers=workers)
 
 
 def write_raw(reader: VmdkReader, out: BinaryIO, *, path: str,
-              sparse: bool = True) -> ExtractResult:
-    """extract_raw into an open, seekable, empty file (``path`` names it in the result)."""
+              sparse: bool = True, workers: int = 1) -> ExtractResult:
+    """extract_raw into an open, seekable, empty file (``path`` names it in the result);
+    ``workers`` threads inflate the grains (the same bytes whatever their number)."""
     total = reader.capacity_bytes
-    walk = _DataGrains(reader)
+    walk = _DataGrains(reader, workers)
     written = 0
     cursor = 0          # bytes of the image accounted for (data written or hole)
     for start, grain in walk:
@@ -73,13 +74,14 @@ def write_raw(reader: VmdkReader, out: BinaryIO, *, path: str,
 class _DataGrains:
     """The non-zero grains of a walk as (byte offset, bytes), counting what it passes over."""
 
-    def __init__(self, reader: VmdkReader) -> None:
+    def __init__(self, reader: VmdkReader, workers: int) -> None:
         self._reader = reader
+        self._workers = workers
         self.grains = 0
         self.zero_grains = 0
 
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
-        for lba, grain in self._reader.iter_grains():
+        for lba, grain in self._reader.iter_grains(workers=self._workers):
             self.grains += 1
             if is_zero(grain):
                 self.zero_grains += 1
@@ -120,21 +122,22 @@ def _write_zst_zero_frame(out: BinaryIO, n: int) -> None:
 
 
 def extract_zst(reader: VmdkReader, out_path: str | os.PathLike[str], *,
-                level: int = 3) -> ExtractResult:
+                level: int = 3, workers: int = 1) -> ExtractResult:
     """Write the virtual disk as zstd-compressed raw: concatenated frames (see above) that
     ``zstd -d`` turns into exactly capacity bytes.  Time and memory follow the stored grains,
     not the capacity.  On any error (or KeyboardInterrupt) nothing is left under OUT or a
     temporary name, and the error itself goes on: no frame is finished on the way out."""
     with atomic_output(out_path, fsync=False) as out:
-        return write_zst(reader, out, path=os.fspath(out_path), level=level)
+        return write_zst(reader, out, path=os.fspath(out_path), level=level, workers=workers)
 
 
-def write_zst(reader: VmdkReader, out: BinaryIO, *, path: str, level: int = 3) -> ExtractResult:
+def write_zst(reader: VmdkReader, out: BinaryIO, *, path: str, level: int = 3,
+              workers: int = 1) -> ExtractResult:
     """extract_zst into an open file (``path`` names it in the result)."""
     import zstandard
 
     total = reader.capacity_bytes
-    walk = _DataGrains(reader)
+    walk = _DataGrains(reader, workers)
     data = 0
     cctx = zstandard.ZstdCompressor(level=level)
     frame = None                    # the compressor frame being written, if any

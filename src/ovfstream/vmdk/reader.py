@@ -23,12 +23,13 @@ import io
 import os
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 
 from ..errors import Finding, FormatError, UnsupportedError, VmdkFormatError, location
+from ..pipeline import ordered_map
 from ..regular import open_regular
 from .contentid import ContentId, fold_content_id, grain_digest
 from .descriptor import Descriptor
@@ -204,6 +205,11 @@ def is_zero(data: bytes) -> bool:
     """True when the grain (or a partial last grain) holds only zero bytes."""
     n = len(data)
     return data == _ZERO_GRAIN if n == GRAIN_BYTES else data == bytes(n)
+
+
+def _digest_unless_zero(grain: bytes) -> int | None:
+    """verify --deep's per-grain work (in the workers): None for a zero grain."""
+    return None if is_zero(grain) else grain_digest(grain)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -681,15 +687,44 @@ class VmdkReader:
                                                else need), offset + AT_GRAIN_DATA)
         return out if n == need else out[:need]
 
-    def iter_grains(self) -> Iterator[tuple[int, bytes]]:
+    def iter_grains(self, *, workers: int = 1) -> Iterator[tuple[int, bytes]]:
         """(LBA in sectors, inflated grain) per stored grain, in file order.
 
         Each grain is 64 KiB except the last grain of a capacity that is not a multiple of
         64 KiB, which is cut at the capacity. Works on non-seekable input (once).
+        ``workers`` > 1 inflates in that many threads: the same grains, order and errors.
         """
-        for event, pos, value, payload in self._walk():
+        for (event, _pos, value, _payload), grain in self._inflating(workers, None):
             if event == _EV_GRAIN:
-                yield value, self.inflate(payload, value, pos)
+                yield value, grain  # type: ignore[misc]
+
+    def _inflating(self, workers: int, post: "Callable[[bytes], object] | None"
+                   ) -> Iterator[tuple[tuple[int, int, int, bytes], object]]:
+        """The marker walk with every grain inflated (then passed through ``post``) by
+        ``workers`` threads (ISA-L/zlib inflate releases the GIL), results in file order.
+
+        The walk runs on the calling thread, ahead of the workers by a bounded window; an
+        error it raises travels in that order too, so the first error reported is the one a
+        single thread meets first, whatever ``workers`` is."""
+        def items() -> Iterator[object]:
+            try:
+                yield from self._walk()
+            except FormatError as exc:
+                yield exc
+
+        def work(item: object) -> object:
+            if isinstance(item, FormatError):
+                return item
+            event, pos, value, payload = item  # type: ignore[misc]
+            if event != _EV_GRAIN:
+                return item, None
+            grain = self.inflate(payload, value, pos)
+            return item, (post(grain) if post is not None else grain)
+
+        for result in ordered_map(work, items(), workers=workers):
+            if isinstance(result, FormatError):
+                raise result
+            yield result  # type: ignore[misc]
 
     def footer(self) -> Header | None:
         """The footer header (GD at end), found by the marker walk; None when there is none."""
@@ -700,30 +735,34 @@ class VmdkReader:
 
     # -- verify --------------------------------------------------------------------------
 
-    def verify(self, *, deep: bool = False) -> VerifyReport:
+    def verify(self, *, deep: bool = False, workers: int = 1) -> VerifyReport:
         """Check everything checkable and return findings instead of raising.
 
         Always: header, descriptor, the whole marker walk and, on seekable input, every GD
-        entry and GT entry against the grain markers. deep=True also inflates every grain and
-        computes the content id. Header errors are raised at open time, not reported here.
+        entry against the grain markers. deep=True also inflates every grain (in ``workers``
+        ``workers`` threads: the same report whatever their number) and computes the content
+        id. Header errors are raised at open time, not reported here.
         """
         report = VerifyReport(layout="stream" if self.header.gd_offset_sectors == GD_AT_END
                               else "head")
         report.findings.extend(self.descriptor_findings())
         cid = ContentId(self.header.capacity_sectors) if deep else None
         footer: Header | None = None
+        walk: Iterator[tuple[tuple[int, int, int, bytes], object]] = (
+            self._inflating(workers, _digest_unless_zero) if deep
+            else ((item, None) for item in self._walk(payloads=False)))
         try:
-            for event, pos, value, payload in self._walk(payloads=deep):
+            for (event, _pos, value, payload), digest in walk:
                 if event == _EV_GRAIN:
                     report.grains += 1
-                    if cid is not None:
-                        grain = self.inflate(payload, value, pos)
-                        if is_zero(grain):
-                            report.zero_grains += 1
-                        else:
-                            # a partial last grain covers only up to the capacity
-                            report.populated_bytes += self._grain_bytes_at(value)
-                            cid.add(value, grain_digest(grain))
+                    if cid is None:
+                        continue
+                    if digest is None:
+                        report.zero_grains += 1
+                    else:
+                        # a partial last grain covers only up to the capacity
+                        report.populated_bytes += self._grain_bytes_at(value)
+                        cid.add(value, digest)  # type: ignore[arg-type]
                 elif event == _EV_FOOTER:
                     footer = Header.unpack(payload)
         except FormatError as exc:
