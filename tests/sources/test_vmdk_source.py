@@ -319,18 +319,69 @@ def test_unread_extent_types_and_bad_lines(raw, tmp_path, capsys):
     refused(bad, tmp_path, "vmdk.descriptor.extent", capsys)
 
 
+def qemu_io(image: Path, *commands: str) -> None:
+    args = [tool("qemu-io")]
+    for c in commands:
+        args += ["-c", c]
+    proc = subprocess.run(args + [str(image)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def make_child(parent: Path, name: str, *options: str) -> Path:
+    child = parent.with_name(name)
+    qemu("create", "-q", "-f", "vmdk", *options, "-b", parent.name, "-F", "vmdk", child)
+    return child
+
+
 @pytest.mark.interop
-def test_delta_disks_and_parent_loops_are_refused(raw, tmp_path, capsys):
-    base = make_vmdk(raw, "monolithicSparse", "base")
-    child = tmp_path / "child.vmdk"
-    qemu("create", "-q", "-f", "vmdk", "-b", base, "-F", "vmdk", child)
-    err = refused(child, tmp_path, "delta VMDK", capsys)
-    assert "base.vmdk" in err
-    # A descriptor that names itself as its parent: refused before any link is followed.
-    loop = tmp_path / "loop.vmdk"
-    loop.write_text('# Disk DescriptorFile\nversion=1\nCID=1\nparentCID=2\n'
-                    'parentFileNameHint="loop.vmdk"\nRW 2048 ZERO\n')
-    refused(loop, tmp_path, "delta VMDK", capsys)
+@pytest.mark.parametrize("subformat", ["monolithicSparse", "streamOptimized"])
+def test_delta_chains_read_through_their_parents(raw, subformat, tmp_path):
+    base = make_vmdk(raw, subformat, "base-" + subformat)
+    child = make_child(base, "child-%s.vmdk" % subformat)
+    qemu_io(child, "write -P 0x55 1M 100k", "write -P 0x66 39M 64k")
+    # zeroed_grain=on: a zeroed GT entry hides the parent's data below it
+    grandchild = make_child(child, "grand-%s.vmdk" % subformat, "-o", "zeroed_grain=on")
+    qemu_io(grandchild, "write -z 5M 1M", "write -P 0x77 6M 3k")
+    with open_source(grandchild) as src:
+        assert len(src.files) == 3         # every file of the chain: alias checks, closing
+    out = converted(grandchild, tmp_path)
+    assert qemu("compare", child, out, ok=False).returncode == 1   # the grandchild's writes
+
+
+@pytest.mark.interop
+def test_parent_missing_changed_or_looping(raw, tmp_path, capsys):
+    base = make_vmdk(raw, "monolithicSparse", "pbase")
+    child = make_child(base, "pchild.vmdk")
+    qemu_io(child, "write -P 0x55 1M 64k")
+    moved = base.with_name("pbase-moved.vmdk")
+    base.rename(moved)
+    err = refused(child, tmp_path, "vmdk.parent.missing", capsys)
+    assert "pbase.vmdk" in err and str(child) in err
+    moved.rename(base)
+    qemu_io(base, "write -P 0x11 0 512")    # the base changes: qemu gives it a new CID
+    refused(child, tmp_path, "vmdk.parent.cid", capsys)
+    # Descriptors naming each other: the depth bound ends the loop.
+    first, second = tmp_path / "one.vmdk", tmp_path / "two.vmdk"
+    for me, other in ((first, second), (second, first)):
+        me.write_text('# Disk DescriptorFile\nversion=1\nCID=0000000a\nparentCID=0000000a\n'
+                      'parentFileNameHint="%s"\ncreateType="monolithicFlat"\nRW 2048 ZERO\n'
+                      % other.name)
+    refused(first, tmp_path, "vmdk.parent.depth", capsys)
+    proc = subprocess.run([sys.executable, "-m", "ovfstream", "convert", str(first), "-o",
+                           str(tmp_path / "loop.vmdk")], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 1 and "vmdk.parent.depth" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "loop.vmdk").exists()
+
+
+@pytest.mark.interop
+def test_output_onto_a_parent_is_refused(raw, tmp_path, capsys):
+    base = make_vmdk(raw, "monolithicSparse", "abase")
+    child = make_child(base, "achild.vmdk")
+    before = base.read_bytes()
+    assert cli.main(["convert", str(child), "-o", str(base), "--quiet"]) == 2
+    assert "Traceback" not in capsys.readouterr().err
+    assert base.read_bytes() == before
 
 
 @pytest.mark.interop

@@ -12,7 +12,10 @@ What a ``.vmdk`` path can be (VMware "Virtual Disk Format 5.0"):
   files (an offset into the file, holes found with SEEK_DATA), SPARSE files (hosted sparse
   extents, as above) and ZERO ranges, resolved inside the descriptor's folder.
 
-Refused: delta disks (a parent), ESX COWD/VMFS/SESPARSE extents, extent files outside the
+A delta disk (parentFileNameHint, parentCID) reads through its parent, opened with
+``open_source`` one level deeper (at most MAX_PARENT_DEPTH): where the child's GT entry is 0
+the parent's bytes show; a zeroed entry reads as zeros.  The parent's CID must be the
+child's parentCID.  Refused: ESX COWD/VMFS/SESPARSE extents, extent files outside the
 descriptor's folder.  Compressed grains are inflated in ``_read_extent``, i.e. in the
 writer's worker threads (zlib/ISA-L release the GIL); every read is a pread, so the source is
 thread-safe.  Memory: the GD (<= 8 MiB at 64 TiB) and one 2 KiB GT per span that holds
@@ -54,10 +57,15 @@ RULES: dict[str, str] = {
                         "a sparse extent's capacity differs from them",
     "vmdk.gt.grains": "the grain tables list more grains than the file has room for, or two "
                       "entries share file sectors",
+    "vmdk.parent.missing": "a delta disk's parentFileNameHint is absent or names no file",
+    "vmdk.parent.cid": "a delta disk's parentCID is not its parent's CID (the parent changed "
+                       "after the delta was taken)",
+    "vmdk.parent.depth": "a chain of delta disks deeper than 32 (a loop?)",
 }
 
 MAX_DESCRIPTOR_FILE_BYTES = 4 << 20     # 62 TiB in 2 GiB pieces is ~1.6 MB of extent lines
 MAX_EXTENT_FILES = 512                  # each is an open descriptor while the source lives
+MAX_PARENT_DEPTH = 32                   # delta disks below the top one
 _DESCRIPTOR_SIGNATURE = b"# Disk DescriptorFile"
 _NO_PARENT = "ffffffff"
 _READ_TYPES = ("FLAT", "SPARSE", "ZERO")
@@ -80,6 +88,10 @@ class _Piece:
 
     def read(self, offset: int, view: memoryview) -> None:
         raise NotImplementedError
+
+    def holes(self, offset: int, end: int) -> list[Extent]:
+        """Where a parent shows through: only a sparse extent has such holes."""
+        return []
 
 
 class _ZeroPiece(_Piece):
@@ -123,37 +135,51 @@ class _SparsePiece(_Piece):
             if gd_offset == GD_AT_END:
                 footer, _at = reader.tail_footer()
                 gd_offset = footer.gd_offset_sectors
+            self.zeroed = bool(h.flags & FLAG_ZEROED_GTE)
+            self.extents: list[Extent] = []
             self.tables = self._load_tables(reader, gd_offset)
-        self.extents = self._grain_extents()
 
     def _fail(self, rule: str, detail: str, offset: int | None) -> VmdkFormatError:
         return VmdkFormatError(rule, detail, path=self.file.path, offset=offset)
 
     def _load_tables(self, reader: VmdkReader, gd_offset: int) -> dict[int, array]:
-        """span -> its GT, for the spans that hold grains; every entry checked."""
+        """span -> its GT, for the spans whose GT has a non-zero entry; every entry checked,
+        and ``extents`` built on the way.  Time and memory follow the grains: an empty GT or
+        one of zeroed entries is looked at once however many GD entries point at it, and a GT
+        with grains may be pointed at once (a second pointer would share its grains)."""
         h = reader.header
         n_grains = -(-h.capacity_sectors // h.grain_sectors)
         size = self.file.size
         # Room for grains: a compressed grain takes at least a sector, a plain one a grain.
         room = (size // SECTOR) if self.compressed else (size // self.grain_bytes)
         gd = _u32_array(reader.grain_directory(gd_offset))
-        zeroed = h.flags & FLAG_ZEROED_GTE
+        zeroed = self.zeroed
         first_grain_sector = h.overhead_sectors
         tables: dict[int, array] = {}
-        cache: dict[int, array | None] = {}     # GT sector -> the table, None when it is empty
+        seen: dict[int, tuple[array | None, bool]] = {}   # GT sector -> (table, has grains)
         sectors: list[int] = []
+        extents = self.extents
         for span, entry in enumerate(gd):
             if not entry:
                 continue
-            if entry in cache:
-                gt = cache[entry]
+            if entry in seen:
+                gt, has_grains = seen[entry]
+                if has_grains:
+                    raise self._fail("vmdk.gt.grains", "GD entries %d and more point at the "
+                                     "grain table at sector %d: spans would share its grains"
+                                     % (span, entry), gd_offset * SECTOR + span * 4)
             else:
                 gt = _u32_array(reader.grain_table(entry, span, gd_offset))
-                holes = gt.count(0) + (gt.count(GTE_ZEROED) if zeroed else 0)
-                gt = cache[entry] = gt if holes < len(gt) else None
-            if gt is None:  # no grain: costs nothing however many GD entries point here
+                zeros = gt.count(0)
+                has_grains = zeros + (gt.count(GTE_ZEROED) if zeroed else 0) < len(gt)
+                if zeros == len(gt):
+                    gt = None               # all holes: as if the GD entry were 0
+                seen[entry] = (gt, has_grains)
+            if gt is None:
                 continue
-            present = False
+            tables[span] = gt
+            if not has_grains:             # zeroed grains only: they hide a parent's data
+                continue
             for i, sector in enumerate(gt):
                 if not sector or (zeroed and sector == GTE_ZEROED):
                     continue
@@ -175,9 +201,12 @@ class _SparsePiece(_Piece):
                     raise self._fail("vmdk.gt.grains", "the grain tables list more than %d "
                                      "grains, more than a %d-byte file holds" % (room, size),
                                      where)
-                present = True
-            if present:
-                tables[span] = gt
+                lo = g * self.grain_bytes
+                hi = min(lo + self.grain_bytes, self.capacity_bytes)
+                if extents and extents[-1][1] == lo:
+                    extents[-1] = (extents[-1][0], hi)
+                else:
+                    extents.append((lo, hi))
         sectors.sort()
         step = 1 if self.compressed else self.grain_sectors
         for a, b in zip(sectors, sectors[1:]):
@@ -186,23 +215,23 @@ class _SparsePiece(_Piece):
                                  "%d and %d: their grains overlap" % (a, b), b * SECTOR)
         return tables
 
-    def _entry(self, g: int) -> int:
+    def _raw_entry(self, g: int) -> int:
         table = self.tables.get(g // self.gtes)
-        if table is None:
-            return 0
-        sector = table[g % self.gtes]
-        return 0 if sector == GTE_ZEROED and self.reader.header.flags & FLAG_ZEROED_GTE \
-            else sector
+        return 0 if table is None else table[g % self.gtes]
 
-    def _grain_extents(self) -> list[Extent]:
+    def _entry(self, g: int) -> int:
+        """Grain g's sector, 0 when it reads as zeros (a hole or a zeroed grain)."""
+        sector = self._raw_entry(g)
+        return 0 if sector == GTE_ZEROED and self.zeroed else sector
+
+    def holes(self, offset: int, end: int) -> list[Extent]:
+        """The parts of [offset, end) no GT entry covers (0: neither a grain nor zeroed),
+        where a delta disk's parent shows through."""
         out: list[Extent] = []
-        for span in sorted(self.tables):
-            base = span * self.gtes
-            for i in range(self.gtes):
-                if not self._entry(base + i):
-                    continue
-                lo = (base + i) * self.grain_bytes
-                hi = min(lo + self.grain_bytes, self.capacity_bytes)
+        gb = self.grain_bytes
+        for g in range(offset // gb, -(-end // gb)):
+            if not self._raw_entry(g):
+                lo, hi = max(g * gb, offset), min((g + 1) * gb, end)
                 if out and out[-1][1] == lo:
                     out[-1] = (out[-1][0], hi)
                 else:
@@ -259,6 +288,7 @@ class VmdkSource(DiskSource):
     def __init__(self, path: str | os.PathLike[str], *, size: int | None = None,
                  depth: int = 0) -> None:
         self.files = []
+        self._parent: DiskSource | None = None
         top = OpenFile(path)
         self.files.append(top)
         self.path = top.path
@@ -266,33 +296,58 @@ class VmdkSource(DiskSource):
             head = top.pread(min(SECTOR, top.size), 0)
             if head[:4] == MAGIC:
                 piece = _SparsePiece(0, top)
-                self._refuse_parent(piece.reader.descriptor, top.path)
+                descriptor = piece.reader.descriptor
                 pieces: list[_Piece] = [piece]
             elif head[:4] == b"COWD":
                 raise UnsupportedError("%s: an ESX sparse (COWD) VMDK extent: not read; convert "
                                        "it with vmkfstools or qemu-img first" % top.path)
             else:
-                pieces = self._descriptor_pieces(top)
+                descriptor, pieces = self._descriptor_pieces(top)
+            self.cid = (descriptor.cid or "").lower()
             self._pieces = pieces
             self._starts = [p.start for p in pieces]
             self.size_bytes = pieces[-1].end
             self.extents = [(p.start + lo, p.start + hi) for p in pieces for lo, hi in p.extents]
+            if _has_parent(descriptor):
+                self._open_parent(descriptor, depth)
             self.mtime = max(int(f.stat.st_mtime) for f in self.files)
         except BaseException:
             self.close()
             raise
         self._sized()
 
-    @staticmethod
-    def _refuse_parent(d: Descriptor, path: str) -> None:
-        parent = d.entries.get("parentFileNameHint")
-        if parent is not None or (d.parent_cid or _NO_PARENT).lower() != _NO_PARENT:
-            raise UnsupportedError(
-                "%s: a delta VMDK (parentCID %s, parentFileNameHint %r): its unwritten grains "
-                "live in the parent, and VMDK parent chains are not read; merge it first "
-                "(qemu-img convert -O vmdk CHILD MERGED.vmdk)" % (path, d.parent_cid, parent))
+    def _open_parent(self, d: Descriptor, depth: int) -> None:
+        """A delta disk: open the disk its parentFileNameHint names (relative to this file's
+        folder, or absolute: delta disks live apart from their base), check that its CID is
+        this disk's parentCID, and show its data where this disk has no grain."""
+        hint = d.entries.get("parentFileNameHint")
+        where = "parentFileNameHint %r (parentCID %s)" % (hint, d.parent_cid)
+        if not hint or "\0" in hint:
+            raise VmdkFormatError("vmdk.parent.missing", "a delta disk (parentCID %s) without a "
+                                  "parentFileNameHint" % d.parent_cid, path=self.path)
+        if depth >= MAX_PARENT_DEPTH:
+            raise VmdkFormatError("vmdk.parent.depth", "%s: the chain of parents is deeper than "
+                                  "%d (a loop?)" % (where, MAX_PARENT_DEPTH), path=self.path)
+        name = os.path.join(os.path.dirname(os.path.abspath(self.path)), hint)
+        if not os.path.exists(name):
+            raise VmdkFormatError("vmdk.parent.missing", "%s: %s does not exist"
+                                  % (where, name), path=self.path)
+        from . import open_source  # the parent may be any VMDK layout
+        parent = open_source(name, depth=depth + 1)
+        self.files += parent.files          # alias checks, change detection, closing
+        if not isinstance(parent, VmdkSource):
+            raise UnsupportedError("%s: %s: the parent is a %s image; a VMDK's parent is a "
+                                   "VMDK" % (self.path, where, parent.format))
+        if parent.cid != (d.parent_cid or "").lower():
+            raise VmdkFormatError("vmdk.parent.cid", "%s: the parent's CID is %s: it changed "
+                                  "after this delta was taken, so the chain would mix two "
+                                  "states" % (where, parent.cid or "absent"), path=self.path)
+        self._parent = parent
+        self.extents = _union(self.extents, [(lo, min(hi, self.size_bytes))
+                                             for lo, hi in parent.extents
+                                             if lo < self.size_bytes])
 
-    def _descriptor_pieces(self, top: OpenFile) -> list[_Piece]:
+    def _descriptor_pieces(self, top: OpenFile) -> tuple[Descriptor, list[_Piece]]:
         if top.size > MAX_DESCRIPTOR_FILE_BYTES:
             raise VmdkFormatError("vmdk.descriptor.file", "%d bytes: a descriptor file is text of "
                                   "at most %d bytes" % (top.size, MAX_DESCRIPTOR_FILE_BYTES),
@@ -314,7 +369,6 @@ class VmdkSource(DiskSource):
                 raise VmdkFormatError("vmdk.descriptor.extent", "extent line %r: expected "
                                       'ACCESS SECTORS TYPE "FILE" [OFFSET]' % line,
                                       path=top.path)
-        self._refuse_parent(d, top.path)
         if not d.extents:
             raise VmdkFormatError("vmdk.descriptor.extent", "no extent lines", path=top.path)
         if len(d.extents) > MAX_EXTENT_FILES:
@@ -359,10 +413,12 @@ class VmdkSource(DiskSource):
                             "vmdk.extent.size", "capacity %d sectors, the descriptor's extent "
                             "%s gives %d" % (piece.capacity_bytes // SECTOR, what, e.sectors),
                             path=f.path)
-                    self._refuse_parent(piece.reader.descriptor, f.path)
+                    if _has_parent(piece.reader.descriptor):
+                        raise UnsupportedError("%s: a delta extent inside a descriptor's disk: "
+                                               "the parent belongs in the descriptor" % f.path)
                     pieces.append(piece)
             start = end
-        return pieces
+        return d, pieces
 
     def _open_extent(self, desc: str, folder: str, name: str | None, what: str) -> OpenFile:
         """The extent file: relative to the descriptor, inside its folder, a regular file."""
@@ -392,7 +448,41 @@ class VmdkSource(DiskSource):
         while pos < n:
             piece = self._pieces[i]
             take = min(n - pos, piece.end - (offset + pos))
-            piece.read(offset + pos - piece.start, view[pos:pos + take])
+            rel = offset + pos - piece.start
+            part = view[pos:pos + take]
+            at = 0
+            if self._parent is not None:
+                for lo, hi in piece.holes(rel, rel + take):
+                    if lo > rel + at:
+                        piece.read(rel + at, part[at:lo - rel])
+                    part[lo - rel:hi - rel] = self._from_parent(piece.start + lo, hi - lo)
+                    at = hi - rel
+            if at < take:
+                piece.read(rel + at, part[at:])
             pos += take
             i += 1
+
+    def _from_parent(self, offset: int, length: int) -> bytes:
+        """The parent's bytes (zeros past its end: a parent may be smaller)."""
+        assert self._parent is not None
+        have = max(0, min(length, self._parent.size_bytes - offset))
+        data = self._parent.read_at(offset, have) if have else b""
+        return data + bytes(length - have)
+
+
+def _has_parent(d: Descriptor) -> bool:
+    return "parentFileNameHint" in d.entries or \
+        (d.parent_cid or _NO_PARENT).lower() != _NO_PARENT
+
+
+def _union(a: list[Extent], b: list[Extent]) -> list[Extent]:
+    """Two sorted lists of disjoint ranges merged into one."""
+    out: list[Extent] = []
+    for lo, hi in sorted(a + b):
+        if out and lo <= out[-1][1]:
+            if hi > out[-1][1]:
+                out[-1] = (out[-1][0], hi)
+        else:
+            out.append((lo, hi))
+    return out
 
