@@ -366,7 +366,7 @@ def test_interrupted_extract_leaves_nothing(small: Built, tmp_path: Path,
     descriptor and manifest already written nor the folders created are left."""
     from ovfstream.vmdk.reader import VmdkReader
 
-    def interrupted(self):  # type: ignore[no-untyped-def]
+    def interrupted(self, *, workers=1):  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt
         yield  # a generator, as the real walk
 

@@ -666,8 +666,9 @@ def test_zst_interrupted_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
 
     original = VmdkReader.iter_grains
 
-    def grains_then_interrupt(self: VmdkReader) -> Iterator[tuple[int, bytes]]:
-        walk = original(self)
+    def grains_then_interrupt(self: VmdkReader, *, workers: int = 1
+                              ) -> Iterator[tuple[int, bytes]]:
+        walk = original(self, workers=workers)
         yield next(walk)
         yield next(walk)
         raise KeyboardInterrupt

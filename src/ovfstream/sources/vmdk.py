@@ -98,7 +98,7 @@ class _ZeroPiece(_Piece):
     def __init__(self, start: int, end: int) -> None:
         self.start, self.end, self.extents = start, end, []
 
-    def read(self, offset: int, view: memoryview) -> None:  # never asked: it has no extents
+    def read(self, offset: int, view: memoryview) -> None:  # only where a parent has data
         view[:] = bytes(len(view))
 
 
