@@ -126,6 +126,7 @@ _CHUNK = 1 << 20
 _MAX_FINDINGS = 100                     # per verify run: a broken file must not fill memory
 _TRAILING_CHECK_LIMIT = 64 << 20        # bytes after EOS we read to prove they are zero
 _ZERO_GRAIN = bytes(GRAIN_BYTES)
+_BATCH_GRAINS = 16                      # grains per inflate task (1 MiB inflated)
 _TAIL_SEARCH_BYTES = 64 << 10          # zero padding tolerated after a stream's EOS marker
 _GD_MARKER_SLACK = 128                  # sectors a writer may round its GD up by
 
@@ -703,28 +704,47 @@ class VmdkReader:
         """The marker walk with every grain inflated (then passed through ``post``) by
         ``workers`` threads (ISA-L/zlib inflate releases the GIL), results in file order.
 
-        The walk runs on the calling thread, ahead of the workers by a bounded window; an
-        error it raises travels in that order too, so the first error reported is the one a
-        single thread meets first, whatever ``workers`` is."""
-        def items() -> Iterator[object]:
+        The walk runs on the calling thread, ahead of the workers by a bounded window, and
+        hands them batches of _BATCH_GRAINS grains (one task per 64 KiB grain costs about what
+        inflating it does).  An error, the walk's or a grain's, ends its batch and travels in
+        file order, so the first error reported is the one a single thread meets first,
+        whatever ``workers`` is."""
+        def batches() -> Iterator[list[object]]:
+            batch: list[object] = []
             try:
-                yield from self._walk()
+                for item in self._walk():
+                    batch.append(item)
+                    if len(batch) >= _BATCH_GRAINS:
+                        yield batch
+                        batch = []
             except FormatError as exc:
-                yield exc
+                batch.append(exc)
+            if batch:
+                yield batch
 
-        def work(item: object) -> object:
-            if isinstance(item, FormatError):
-                return item
-            event, pos, value, payload = item  # type: ignore[misc]
-            if event != _EV_GRAIN:
-                return item, None
-            grain = self.inflate(payload, value, pos)
-            return item, (post(grain) if post is not None else grain)
+        def work(batch: list[object]) -> list[object]:
+            out: list[object] = []
+            for item in batch:
+                if isinstance(item, FormatError):
+                    out.append(item)
+                    break
+                event, pos, value, payload = item  # type: ignore[misc]
+                if event != _EV_GRAIN:
+                    out.append((item, None))
+                    continue
+                try:
+                    grain = self.inflate(payload, value, pos)
+                except FormatError as exc:
+                    out.append(exc)
+                    break
+                out.append((item, post(grain) if post is not None else grain))
+            return out
 
-        for result in ordered_map(work, items(), workers=workers):
-            if isinstance(result, FormatError):
-                raise result
-            yield result  # type: ignore[misc]
+        for results in ordered_map(work, batches(), workers=workers):
+            for result in results:
+                if isinstance(result, FormatError):
+                    raise result
+                yield result  # type: ignore[misc]
 
     def footer(self) -> Header | None:
         """The footer header (GD at end), found by the marker walk; None when there is none."""
