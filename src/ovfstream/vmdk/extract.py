@@ -8,6 +8,7 @@ nothing is left under the output name on any error.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
@@ -49,26 +50,54 @@ def extract_raw(reader: VmdkReader, out_path: str | os.PathLike[str], *,
 
 def write_raw(reader: VmdkReader, out: BinaryIO, *, path: str,
               sparse: bool = True, workers: int = 1) -> ExtractResult:
-    """extract_raw into an open, seekable, empty file (``path`` names it in the result);
-    ``workers`` threads inflate the grains (the same bytes whatever their number)."""
+    """extract_raw into an open, seekable, empty file (``path`` names it in the result).
+
+    ``workers`` threads inflate the grains and each pwrites its own grain at the grain's
+    offset: the bytes are the same whatever their number, and a grain is freed by the thread
+    that made it (handing 64 KiB grains to the main thread to write cost 20x the page
+    faults: each worker's malloc arena grew and shrank per grain)."""
     total = reader.capacity_bytes
-    walk = _DataGrains(reader, workers)
-    written = 0
+    out.flush()
+    fd = out.fileno()
+    grains = zero_grains = written = 0
     cursor = 0          # bytes of the image accounted for (data written or hole)
-    for start, grain in walk:
+    for lba, n in reader.map_grains(functools.partial(_place, fd), workers=workers):
+        grains += 1
+        if n is None:
+            zero_grains += 1
+            continue
+        start = lba * SECTOR
         if not sparse and start > cursor:
-            _write_zeros(out, start - cursor)
-        out.seek(start)
-        out.write(grain)
-        written += len(grain)
-        cursor = start + len(grain)
+            _pwrite_zeros(fd, cursor, start - cursor)
+        written += n
+        cursor = start + n
     if not sparse and total > cursor:
-        out.seek(cursor)
-        _write_zeros(out, total - cursor)
-    out.truncate(total)
+        _pwrite_zeros(fd, cursor, total - cursor)
+    os.ftruncate(fd, total)
     holes = total - written
-    return ExtractResult(path, total, written if sparse else total, walk.grains,
-                         walk.zero_grains, holes)
+    return ExtractResult(path, total, written if sparse else total, grains, zero_grains, holes)
+
+
+def _place(fd: int, lba: int, grain: bytes) -> int | None:
+    """In the inflating thread: write a non-zero grain at its offset; its length, or None."""
+    if is_zero(grain):
+        return None
+    _pwrite_all(fd, memoryview(grain), lba * SECTOR)
+    return len(grain)
+
+
+def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+def _pwrite_zeros(fd: int, offset: int, n: int) -> None:
+    zeros = memoryview(bytes(min(n, _CHUNK)))
+    while n > 0:
+        k = min(n, len(zeros))
+        _pwrite_all(fd, zeros[:k], offset)
+        offset, n = offset + k, n - k
 
 
 class _DataGrains:

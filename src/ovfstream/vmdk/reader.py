@@ -25,7 +25,7 @@ import struct
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 
 from ..errors import Finding, FormatError, UnsupportedError, VmdkFormatError, location
@@ -77,6 +77,8 @@ try:  # ISA-L inflate is several times faster than zlib's; same stream format.
 except ImportError:  # pragma: no cover - isal is a declared dependency
     _inflate_mod = zlib  # type: ignore[assignment]
     _INFLATE_ERRORS = (zlib.error,)
+
+R = TypeVar("R")
 
 __all__ = [
     "RULES",
@@ -208,9 +210,13 @@ def is_zero(data: bytes) -> bool:
     return data == _ZERO_GRAIN if n == GRAIN_BYTES else data == bytes(n)
 
 
-def _digest_unless_zero(grain: bytes) -> int | None:
+def _digest_unless_zero(_lba: int, grain: bytes) -> int | None:
     """verify --deep's per-grain work (in the workers): None for a zero grain."""
     return None if is_zero(grain) else grain_digest(grain)
+
+
+def _grain_itself(_lba: int, grain: bytes) -> bytes:
+    return grain
 
 
 # ---------------------------------------------------------------------------------------------
@@ -695,14 +701,22 @@ class VmdkReader:
         64 KiB, which is cut at the capacity. Works on non-seekable input (once).
         ``workers`` > 1 inflates in that many threads: the same grains, order and errors.
         """
-        for (event, _pos, value, _payload), grain in self._inflating(workers, None):
-            if event == _EV_GRAIN:
-                yield value, grain  # type: ignore[misc]
+        return self.map_grains(_grain_itself, workers=workers)  # type: ignore[return-value]
 
-    def _inflating(self, workers: int, post: "Callable[[bytes], object] | None"
+    def map_grains(self, fn: Callable[[int, bytes], R], *, workers: int = 1
+                   ) -> Iterator[tuple[int, R]]:
+        """(LBA, fn(LBA, inflated grain)) per stored grain, in file order; ``fn`` runs in the
+        inflating thread, so what it keeps small (a digest, a pwrite's count) is all that
+        crosses threads."""
+        for (event, _pos, value, _payload), result in self._inflating(workers, fn):
+            if event == _EV_GRAIN:
+                yield value, result  # type: ignore[misc]
+
+    def _inflating(self, workers: int, post: "Callable[[int, bytes], object] | None"
                    ) -> Iterator[tuple[tuple[int, int, int, bytes], object]]:
-        """The marker walk with every grain inflated (then passed through ``post``) by
-        ``workers`` threads (ISA-L/zlib inflate releases the GIL), results in file order.
+        """The marker walk with every grain inflated (then passed through ``post(lba,
+        grain)``) by ``workers`` threads (ISA-L/zlib inflate releases the GIL), results in
+        file order.
 
         The walk runs on the calling thread, ahead of the workers by a bounded window, and
         hands them batches of _BATCH_GRAINS grains (one task per 64 KiB grain costs about what
@@ -737,7 +751,7 @@ class VmdkReader:
                 except FormatError as exc:
                     out.append(exc)
                     break
-                out.append((item, post(grain) if post is not None else grain))
+                out.append((item, post(value, grain) if post is not None else grain))
             return out
 
         for results in ordered_map(work, batches(), workers=workers):
