@@ -60,12 +60,12 @@ RULES: dict[str, str] = {
     "vmdk.parent.missing": "a delta disk's parentFileNameHint is absent or names no file",
     "vmdk.parent.cid": "a delta disk's parentCID is not its parent's CID (the parent changed "
                        "after the delta was taken)",
-    "vmdk.parent.depth": "a chain of delta disks deeper than 32 (a loop?)",
+    "vmdk.parent.depth": "a chain of delta disks deeper than 16 (a loop?)",
 }
 
 MAX_DESCRIPTOR_FILE_BYTES = 4 << 20     # 62 TiB in 2 GiB pieces is ~1.6 MB of extent lines
 MAX_EXTENT_FILES = 512                  # each is an open descriptor while the source lives
-MAX_PARENT_DEPTH = 32                   # delta disks below the top one
+MAX_PARENT_DEPTH = 16                   # links below the top disk (qcow2's MAX_CHAIN_DEPTH too)
 _DESCRIPTOR_SIGNATURE = b"# Disk DescriptorFile"
 _NO_PARENT = "ffffffff"
 _READ_TYPES = ("FLAT", "SPARSE", "ZERO")
@@ -455,19 +455,21 @@ class VmdkSource(DiskSource):
                 for lo, hi in piece.holes(rel, rel + take):
                     if lo > rel + at:
                         piece.read(rel + at, part[at:lo - rel])
-                    part[lo - rel:hi - rel] = self._from_parent(piece.start + lo, hi - lo)
+                    self._from_parent(piece.start + lo, part[lo - rel:hi - rel])
                     at = hi - rel
             if at < take:
                 piece.read(rel + at, part[at:])
             pos += take
             i += 1
 
-    def _from_parent(self, offset: int, length: int) -> bytes:
-        """The parent's bytes (zeros past its end: a parent may be smaller)."""
+    def _from_parent(self, offset: int, view: memoryview) -> None:
+        """The parent's bytes into ``view`` (zeros past its end: a parent may be smaller)."""
         assert self._parent is not None
-        have = max(0, min(length, self._parent.size_bytes - offset))
-        data = self._parent.read_at(offset, have) if have else b""
-        return data + bytes(length - have)
+        have = max(0, min(len(view), self._parent.size_bytes - offset))
+        if have:
+            self._parent.read_into(offset, view[:have])
+        if have < len(view):
+            view[have:] = bytes(len(view) - have)
 
 
 def _has_parent(d: Descriptor) -> bool:
