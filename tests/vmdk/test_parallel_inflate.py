@@ -98,3 +98,18 @@ def test_the_first_error_is_the_same_for_any_worker_count(disk, tmp_path):
         assert not (tmp_path / "x.raw").exists()
     assert reports[0] == reports[1] == reports[2]
     assert any("vmdk.grain.inflate" in f for f in reports[0])
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_write_raw_to_a_file_or_to_memory_gives_the_same_bytes(disk, tmp_path, sparse):
+    import io
+
+    from ovfstream.vmdk.extract import write_raw
+    on_disk = tmp_path / "disk.raw"
+    with VmdkReader(disk) as reader:
+        extract_raw(reader, on_disk, sparse=sparse, workers=2)
+    memory = io.BytesIO()
+    with VmdkReader(disk) as reader:
+        result = write_raw(reader, memory, path="<memory>", sparse=sparse, workers=2)
+    assert memory.getvalue() == on_disk.read_bytes()
+    assert result.size_bytes == on_disk.stat().st_size

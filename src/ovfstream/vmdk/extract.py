@@ -55,35 +55,57 @@ def write_raw(reader: VmdkReader, out: BinaryIO, *, path: str,
     ``workers`` threads inflate the grains and each pwrites its own grain at the grain's
     offset: the bytes are the same whatever their number, and a grain is freed by the thread
     that made it (handing 64 KiB grains to the main thread to write cost 20x the page
-    faults: each worker's malloc arena grew and shrank per grain)."""
+    faults: each worker's malloc arena grew and shrank per grain).  An output without a
+    descriptor (/dev/null's discard, an in-memory file) is written here, in order."""
     total = reader.capacity_bytes
     out.flush()
-    fd = out.fileno()
+    try:
+        fd: int | None = out.fileno()
+    except (OSError, io.UnsupportedOperation):
+        fd = None
     grains = zero_grains = written = 0
     cursor = 0          # bytes of the image accounted for (data written or hole)
-    for lba, n in reader.map_grains(functools.partial(_place, fd), workers=workers):
+    for lba, placed in reader.map_grains(functools.partial(_place, fd), workers=workers):
         grains += 1
-        if n is None:
+        if placed is None:
             zero_grains += 1
             continue
         start = lba * SECTOR
         if not sparse and start > cursor:
-            _pwrite_zeros(fd, cursor, start - cursor)
-        written += n
-        cursor = start + n
+            _zeros_at(out, fd, cursor, start - cursor)
+        if isinstance(placed, bytes):
+            out.seek(start)
+            out.write(placed)
+            placed = len(placed)
+        written += placed
+        cursor = start + placed
     if not sparse and total > cursor:
-        _pwrite_zeros(fd, cursor, total - cursor)
-    os.ftruncate(fd, total)
+        _zeros_at(out, fd, cursor, total - cursor)
+    if fd is None:
+        out.truncate(total)
+    else:
+        os.ftruncate(fd, total)
     holes = total - written
     return ExtractResult(path, total, written if sparse else total, grains, zero_grains, holes)
 
 
-def _place(fd: int, lba: int, grain: bytes) -> int | None:
-    """In the inflating thread: write a non-zero grain at its offset; its length, or None."""
+def _place(fd: int | None, lba: int, grain: bytes) -> int | bytes | None:
+    """In the inflating thread: None for a zero grain; else write it at its offset and give
+    its length -- or, without a descriptor to write to, give the grain to the main thread."""
     if is_zero(grain):
         return None
+    if fd is None:
+        return grain
     _pwrite_all(fd, memoryview(grain), lba * SECTOR)
     return len(grain)
+
+
+def _zeros_at(out: BinaryIO, fd: int | None, offset: int, n: int) -> None:
+    if fd is None:
+        out.seek(offset)
+        _write_zeros(out, n)
+    else:
+        _pwrite_zeros(fd, offset, n)
 
 
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
