@@ -144,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "plus the DMTF OVF XSDs when installed)")
     p.add_argument("--deep", action="store_true",
                    help="also inflate every grain: content id, populated size")
+    p.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="threads inflating grains for --deep (default: the CPUs available)")
     p.add_argument("--target", metavar="NAME",
                    help="also lint against what this importer reads (target.* findings): "
                         + target_names_text)
@@ -297,7 +299,7 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify
     result = verify(args.package, strict=args.strict, deep=args.deep, schema_dir=args.schema_dir,
-                    target=args.target)
+                    target=args.target, parallel=args.parallel)
     if args.json:
         _emit_json(result.as_dict())
     else:

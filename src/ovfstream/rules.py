@@ -12,6 +12,7 @@ from .ova import tar
 from .ovf import reader as ovf_reader
 from .ovf import validate as ovf_validate
 from .sources import base, detect, qcow2, stdin, vhd, vhdx, zst
+from .sources import vmdk as vmdk_source
 from .vmdk import reader as vmdk_reader
 
 __all__ = ["ALL_RULES", "render_markdown"]
@@ -31,6 +32,7 @@ SECTIONS: tuple[tuple[str, dict[str, str]], ...] = (
     ("Raw disks on standard input (sources/stdin.py)", stdin.RULES),
     ("VHD inputs (sources/vhd.py)", vhd.RULES),
     ("VHDX inputs (sources/vhdx.py)", vhdx.RULES),
+    ("VMDK inputs: sparse, flat and split extents (sources/vmdk.py)", vmdk_source.RULES),
 )
 
 ALL_RULES: dict[str, str] = {rule: text for _, rules in SECTIONS for rule, text in rules.items()}
