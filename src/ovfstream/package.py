@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import Finding, TarFormatError, UsageError
 from .ova import tar
+from .ova.reader import TarReader
 from .ova.tar import check_member_name
 from .regular import open_regular
 
@@ -98,7 +99,7 @@ class Package:
 def _open_ova(path: str) -> Package:
     members: list[Member] = []
     with open_regular(path) as f:
-        reader = tar.TarReader(f, path=path)
+        reader = TarReader(f, path=path)
         for entry in reader.members():
             members.append(Member(entry.name, entry.size, entry.data_offset, path, len(members)))
         findings = list(reader.findings)
