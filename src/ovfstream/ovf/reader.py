@@ -51,6 +51,21 @@ from lxml import etree
 
 from ..errors import Finding, OvfFormatError, Severity, location
 from . import schema, validate
+from .namespaces import (
+    NS_OVF09,
+    NS_VBOX,
+    NS_VMW,
+    NS_XSI,
+    RT_CPU as _RT_CPU,
+    RT_ETHERNET as _RT_ETHERNET,
+    RT_IDE as _RT_IDE,
+    RT_MEMORY as _RT_MEMORY,
+    RT_NVME as _RT_NVME,
+    RT_OTHER_STORAGE as _RT_OTHER_STORAGE,
+    RT_SAS as _RT_SAS,
+    RT_SATA as _RT_SATA,
+    RT_SCSI as _RT_SCSI,
+)
 from .summary import (
     DeploymentOption,
     Descriptor,
@@ -73,10 +88,6 @@ MAX_DESCRIPTOR_BYTES = 16 << 20
 # keeps what verify and inspect do per entry (lookups, findings, output lines) cheap.
 MAX_ENTRIES = 10_000
 
-NS_OVF09 = "http://www.vmware.com/schema/ovf/1/envelope"
-NS_VMW = "http://www.vmware.com/schema/ovf"
-NS_VBOX = "http://www.virtualbox.org/ovf/machine"
-NS_XSI = "http://www.w3.org/2001/XMLSchema-instance"
 
 _VERSION_OF_NS = {schema.NS_OVF1: "1.x", schema.NS_OVF2: "2.x", NS_OVF09: "0.9"}
 
@@ -116,9 +127,6 @@ RULES: dict[str, str] = {
     "ovf.xsd": "strict mode: the descriptor breaks the DMTF XSD of its OVF version",
 }
 
-# RASD ResourceType values (CIM_ResourceAllocationSettingData) that the summary reads.
-_RT_CPU, _RT_MEMORY, _RT_IDE, _RT_SCSI, _RT_ETHERNET, _RT_OTHER_STORAGE = 3, 4, 5, 6, 10, 20
-_RT_SATA, _RT_SAS, _RT_NVME = 32, 33, 34  # CIM 2.x values some exporters use
 
 _ITEM_KINDS = frozenset({"Item", "StorageItem", "EthernetPortItem"})
 _MAX_XSD_FINDINGS = 100  # per schema version; a broken file can produce thousands of lines

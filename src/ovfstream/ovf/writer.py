@@ -46,6 +46,23 @@ from typing import Literal
 from lxml import etree
 
 from ..errors import UsageError
+from .namespaces import (
+    ENVELOPE_NS,
+    NS_OVF1,
+    NS_OVF2,
+    NS_RASD,
+    NS_VMW,
+    NS_VSSD,
+    RT_CDROM,
+    RT_CPU,
+    RT_DISK,
+    RT_ETHERNET,
+    RT_IDE,
+    RT_MEMORY,
+    RT_OTHER_STORAGE,
+    RT_SCSI,
+    VMDK_STREAM_FORMAT,
+)
 from .model import (
     NIC_ADAPTERS,
     SCSI_TYPES,
@@ -68,19 +85,10 @@ __all__ = [
     "pad_to",
 ]
 
-NS_OVF1 = "http://schemas.dmtf.org/ovf/envelope/1"
-NS_OVF2 = "http://schemas.dmtf.org/ovf/envelope/2"
-NS_RASD = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
-NS_VSSD = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"
-NS_VMW = "http://www.vmware.com/schema/ovf"
-VMDK_STREAM_FORMAT = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
 
 OvfVersion = Literal["1.0", "2.0"]
-_ENVELOPE_NS = {"1.0": NS_OVF1, "2.0": NS_OVF2}
+_ENVELOPE_NS = ENVELOPE_NS
 
-# RASD ResourceType values (CIM_ResourceAllocationSettingData ValueMap, FORMATS 5).
-RT_CPU, RT_MEMORY, RT_IDE, RT_SCSI, RT_ETHERNET, RT_CDROM, RT_DISK, RT_OTHER_STORAGE = (
-    3, 4, 5, 6, 10, 15, 17, 20)
 
 _MAX_U64 = 2**64 - 1
 # Bytes added to the computed bound: the bound is exact for the fields that vary, the
