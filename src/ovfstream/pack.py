@@ -31,7 +31,6 @@ from .ovf.targets import Target, check_pack, check_packed_size, get_target
 from .ovf.writer import OvfVersion, pad_to, render_descriptor, reserve_size
 from .pipeline import check_workers
 from .sources import DiskSource, open_source
-from .sources.base import OpenFile
 from .vmdk.writer import DiskStats, write_stream_vmdk
 
 __all__ = ["pack", "PackResult", "PackedFile", "PackedDisk", "Signer"]
@@ -244,9 +243,11 @@ PackageWriter = SeekableOvaWriter | StreamingOvaWriter | FolderWriter
 
 @contextlib.contextmanager
 def package_writer(out: Output, front: Front, *, mtime: int, fsync: bool,
-                   spool_dir: PathLike | None) -> Iterator[PackageWriter]:
+                   spool_dir: PathLike | None, stamp: bool = False) -> Iterator[PackageWriter]:
     """The writer of ``out``'s form; on leaving the block without an error the package is
-    in place (renamed, or streamed), on an error nothing is left."""
+    in place (renamed, or streamed), on an error nothing is left.  ``stamp``: the folder
+    form's files get ``mtime`` as their modification time (repack: a folder repacked into an
+    OVA then keeps the tar mtime it came with)."""
     if out.form == "ova":
         with atomic_output(out.shown, fsync=fsync) as f:
             yield SeekableOvaWriter(f, front=front.members(), mtime=mtime,
@@ -263,7 +264,7 @@ def package_writer(out: Output, front: Front, *, mtime: int, fsync: bool,
             # An unsigned re-pack removes an earlier signed pack's certificate: it would not
             # match the new manifest.
             yield FolderWriter(group, out.folder, algorithm=front.digest,
-                               stale=(front.cert_name,))
+                               stale=(front.cert_name,), mtime=mtime if stamp else None)
 
 
 def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
@@ -316,7 +317,7 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
             mtime = _default_mtime(sources)
         names = tuple("%s-disk%d.vmdk" % (out.stem, i + 1) for i in range(len(sources)))
         check_outputs(out, [out.stem + ext for ext in (".ovf", ".mf", ".cert")] + list(names),
-                      [f for src in sources for f in src.files], inputs)
+                      [(f.path, f.stat) for src in sources for f in src.files], inputs)
         for src in sources:
             src.check_format()
         capacities = [src.capacity_sectors * 512 for src in sources]
@@ -328,7 +329,7 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
         disk_files: list[PackedFile] = []
         with package_writer(out, front, mtime=mtime, fsync=fsync, spool_dir=spool_dir) as writer:
             for i, (src, name) in enumerate(zip(sources, names)):
-                report = None if progress is None else _progress_of(progress, name)
+                report = None if progress is None else progress_of(progress, name)
                 with writer.member(name) as sink:
                     stats.append(write_stream_vmdk(
                         src, sink.write, file_name=name, engine=eng, workers=workers,
@@ -356,7 +357,7 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
                       hint=preset.hint.replace("NAME", out.stem) if preset else "")
 
 
-def _progress_of(progress: Progress, name: str) -> Callable[[int, int], None]:
+def progress_of(progress: Progress, name: str) -> Callable[[int, int], None]:
     def report(n: int, total: int) -> None:
         progress(name, n, total)
     return report
@@ -376,12 +377,14 @@ def disk_entries(vm: VirtualMachine, names: Sequence[str], capacities: Sequence[
     return entries
 
 
-def check_outputs(out: Output, folder_names: Sequence[str], read_files: Sequence[OpenFile],
+def check_outputs(out: Output, folder_names: Sequence[str],
+                  read_files: Sequence[tuple[str, os.stat_result | None]],
                   inputs: Sequence[PathLike]) -> None:
-    """Before any work: no output is an input, and none would destroy a non-regular node."""
+    """Before any work: no output is an input, and none would destroy a non-regular node.
+    ``read_files``: (path, stat or None) of every file read."""
     read = Inputs()
-    for f in read_files:
-        read.add(f.path, f.stat)
+    for path, st in read_files:
+        read.add(path, st)
     for path in inputs:
         read.add(path)
     if out.stream is not None:  # stdout redirected onto an input (>> disk.raw)

@@ -40,6 +40,7 @@ class Member:
     offset: int           # data offset inside the OVA; 0 for a file of the folder form
     path: str             # the file holding the bytes (the OVA, or the folder's file)
     index: int            # position in the archive (folder form: descriptor 0, rest sorted)
+    mtime: int = 0        # the tar header's mtime, or the file's (whole seconds)
 
 
 @dataclass
@@ -101,7 +102,8 @@ def _open_ova(path: str) -> Package:
     with open_regular(path) as f:
         reader = TarReader(f, path=path)
         for entry in reader.members():
-            members.append(Member(entry.name, entry.size, entry.data_offset, path, len(members)))
+            members.append(Member(entry.name, entry.size, entry.data_offset, path, len(members),
+                                  entry.mtime))
         findings = list(reader.findings)
     ovfs = [m for m in members if m.name.lower().endswith(".ovf")]
     if not ovfs:
@@ -118,8 +120,8 @@ def _open_folder(descriptor_path: str) -> Package:
     folder = os.path.dirname(os.path.abspath(descriptor_path))
     name = os.path.basename(descriptor_path)
     with open_regular(descriptor_path) as f:       # a FIFO named *.ovf is refused, not read
-        size = os.fstat(f.fileno()).st_size
-    members = [Member(name, size, 0, descriptor_path, 0)]
+        st = os.fstat(f.fileno())
+    members = [Member(name, st.st_size, 0, descriptor_path, 0, int(st.st_mtime))]
     for entry in sorted(os.listdir(folder)):
         full = os.path.join(folder, entry)
         if entry == name or not os.path.isfile(full) or os.path.islink(full):
@@ -128,7 +130,8 @@ def _open_folder(descriptor_path: str) -> Package:
             check_member_name(entry)
         except TarFormatError:
             continue  # not something a descriptor may reference
-        members.append(Member(entry, os.path.getsize(full), 0, full, len(members)))
+        st = os.stat(full)
+        members.append(Member(entry, st.st_size, 0, full, len(members), int(st.st_mtime)))
     return Package(os.path.abspath(descriptor_path), "ovf", members, members[0])
 
 

@@ -11,6 +11,7 @@ from .verify import RULES as VERIFY_RULES  # the package attribute `verify` is t
 from .ova import tar
 from .ovf import reader as ovf_reader
 from .ovf import validate as ovf_validate
+from .repack import RULES as REPACK_RULES  # the package attribute `repack` is the function
 from .sources import base, detect
 from .vmdk import reader as vmdk_reader
 
@@ -26,6 +27,7 @@ SECTIONS: tuple[tuple[str, dict[str, str]], ...] = (
     ("OVF structure, verify --strict (ovf/validate.py)", ovf_validate.RULES),
     ("Input formats (sources/detect.py)", detect.RULES),
     ("Disk sources read by pack and convert (sources/base.py)", base.RULES),
+    ("Repack (repack.py)", REPACK_RULES),
 )
 
 ALL_RULES: dict[str, str] = {rule: text for _, rules in SECTIONS for rule, text in rules.items()}

@@ -98,7 +98,7 @@ class VerifyResult:
                 "findings": [f.as_dict() for f in self.findings]}
 
 
-def _hash_members(pkg: Package, members: list[Member], algorithms: set[str]
+def hash_members(pkg: Package, members: list[Member], algorithms: set[str]
                   ) -> dict[str, dict[str, str]]:
     """{member: {algorithm: hex}} reading each member once in large sequential reads."""
     out: dict[str, dict[str, str]] = {}
@@ -226,7 +226,7 @@ def verify(path: str | os.PathLike[str], *, strict: bool = False, deep: bool = F
     entry_names = {e.name for e in entries}
     to_hash = [m for m in pkg.members if m.name in entry_names]
     algorithms = {e.algorithm for e in entries}
-    digests = _hash_members(pkg, to_hash, algorithms) if to_hash else {}
+    digests = hash_members(pkg, to_hash, algorithms) if to_hash else {}
     result.bytes_hashed = sum(m.size for m in to_hash)
     listed = set()
     for e in entries:

@@ -151,17 +151,22 @@ class FolderWriter:
     failure leaves the previous package as it was."""
 
     def __init__(self, group: AtomicFiles, folder: str, *, algorithm: str,
-                 stale: Sequence[str] = ()) -> None:
+                 stale: Sequence[str] = (), mtime: int | None = None) -> None:
         self._group = group
         self._folder = folder
         self._algorithm = algorithm
         self._stale = stale          # names removed at the commit unless written again
+        self._mtime = mtime          # given each file when set
 
     @contextlib.contextmanager
     def member(self, name: str) -> Iterator[MemberSink]:
         f = self._group.open(os.path.join(self._folder, name))
         sink = MemberSink(f.write, self._algorithm)
         yield sink
+        if self._mtime is not None:
+            f.flush()
+            with contextlib.suppress(AttributeError, OSError, ValueError):  # /dev/null sink
+                os.utime(f.fileno(), (self._mtime, self._mtime))
         self._group.close(f)
 
     def finish(self, front: Sequence[tuple[str, bytes]]) -> None:

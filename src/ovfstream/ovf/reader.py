@@ -56,7 +56,9 @@ from .namespaces import (
     NS_VBOX,
     NS_VMW,
     NS_XSI,
+    RT_CDROM as _RT_CDROM,
     RT_CPU as _RT_CPU,
+    RT_DVD as _RT_DVD,
     RT_ETHERNET as _RT_ETHERNET,
     RT_IDE as _RT_IDE,
     RT_MEMORY as _RT_MEMORY,
@@ -77,7 +79,7 @@ from .summary import (
     VirtualSystemInfo,
 )
 
-__all__ = ["parse_descriptor", "RULES", "MAX_DESCRIPTOR_BYTES", "MAX_ENTRIES", "NS_OVF09",
+__all__ = ["parse_descriptor", "parse_descriptor_tree", "RULES", "MAX_DESCRIPTOR_BYTES", "MAX_ENTRIES", "NS_OVF09",
            "parse_units"]
 
 # Descriptors seen in the wild are 300 bytes to a few hundred KiB (big ProductSections with
@@ -811,6 +813,8 @@ def _read_system(doc: _Doc, vs: etree._Element, env_disks: dict[str, DiskInfo],
     disks: list[DiskInfo] = []
     nics: list[NicInfo] = []
     configs: dict[str, str] = {}
+    cdrom = False
+    transport = sata_subtype = None
     for number, vhs in enumerate(sections):
         items = []
         for el in vhs:
@@ -821,6 +825,7 @@ def _read_system(doc: _Doc, vs: etree._Element, env_disks: dict[str, DiskInfo],
         if number:  # further sections describe other virtualization types; check only
             continue
         configs = _vmw_configs(doc, vhs)
+        transport = doc.attr(vhs, "transport")
         system = doc.child(vhs, "System")
         if system is not None:
             fields = _Item(system, doc)
@@ -835,6 +840,8 @@ def _read_system(doc: _Doc, vs: etree._Element, env_disks: dict[str, DiskInfo],
                 cores = doc.integer(item.get("CoresPerSocket"), "CoresPerSocket", item.el)
             elif rt == _RT_MEMORY and memory is None:
                 memory = _memory_mib(doc, item)
+            elif rt in (_RT_CDROM, _RT_DVD):
+                cdrom = True
             elif rt == _RT_ETHERNET:
                 nics.append(NicInfo(network=item.get("Connection"),
                                     adapter_type=item.get("ResourceSubType"),
@@ -845,6 +852,8 @@ def _read_system(doc: _Doc, vs: etree._Element, env_disks: dict[str, DiskInfo],
                 disk = _attached_disk(item, disks_by_id, by_instance)
                 if disk is not None:
                     disks.append(disk)
+                elif _controller_name(item) == "sata" and sata_subtype is None:
+                    sata_subtype = item.get("ResourceSubType")
 
     firmware, secure_boot = _firmware(doc, vs, configs)
     annotation = None
@@ -857,7 +866,8 @@ def _read_system(doc: _Doc, vs: etree._Element, env_disks: dict[str, DiskInfo],
         cpus=cpus, cores_per_socket=cores, memory_mib=memory,
         firmware=firmware, secure_boot=secure_boot, hw_version=hw_version,
         disks=tuple(disks), nics=tuple(nics), product=_read_product(doc, vs),
-        eula=doc.child(vs, "EulaSection") is not None, annotation=annotation)
+        eula=doc.child(vs, "EulaSection") is not None, annotation=annotation, cdrom=cdrom,
+        transport=transport, sata_subtype=sata_subtype)
 
 
 def _attached_disk(item: _Item, disks_by_id: Mapping[str, DiskInfo],
@@ -922,6 +932,17 @@ def parse_descriptor(data: bytes, *, path: str, strict: bool = False,
     it raises :class:`~ovfstream.errors.UnsupportedError` only when a schema folder named by
     ``schema_dir`` or ``$OVFSTREAM_SCHEMA_DIR`` holds no schema.
     """
+    descriptor, findings, _root = parse_descriptor_tree(data, path=path, strict=strict,
+                                                        schema_dir=schema_dir, max_bytes=max_bytes)
+    return descriptor, findings
+
+
+def parse_descriptor_tree(data: bytes, *, path: str, strict: bool = False,
+                          schema_dir: str | os.PathLike[str] | None = None,
+                          max_bytes: int = MAX_DESCRIPTOR_BYTES
+                          ) -> tuple[Descriptor, list[Finding], etree._Element]:
+    """:func:`parse_descriptor` plus the parsed Envelope element (what repack carries the
+    sections it does not model from)."""
     data = bytes(data)
     if len(data) > max_bytes:
         raise OvfFormatError("ovf.xml.size", "descriptor is %d bytes, more than the limit of %d"
@@ -979,7 +1000,7 @@ def parse_descriptor(data: bytes, *, path: str, strict: bool = False,
         root=(doc.kind(content) or "") if content is not None else "",
         root_id=doc.attr(content, "id") if content is not None else None,
         deployment_options=tuple(options), default_configuration=default_configuration)
-    return descriptor, findings
+    return descriptor, findings, root
 
 
 def _validate(doc: _Doc, version: str, schema_dir: str | os.PathLike[str] | None) -> None:

@@ -629,8 +629,8 @@ class VmdkReader:
                     else:
                         payload = sector[12:12 + size_field]
                     yield _EV_GRAIN, pos, lba, payload
-                else:
-                    yield _EV_GRAIN, pos, lba, b""
+                else:  # the payload's head that the marker sector holds (repack checks it)
+                    yield _EV_GRAIN, pos, lba, sector[12:12 + size_field]
                 pos += total
                 self._in.seek(pos)
                 continue
@@ -751,6 +751,15 @@ class VmdkReader:
         for event, pos, value, payload in self._walk():
             if event == _EV_GRAIN:
                 yield value, self.inflate(payload, value, pos)
+
+    def grains(self, *, payloads: bool = True) -> Iterator[tuple[int, int, bytes]]:
+        """(LBA, marker offset, compressed payload) per stored grain in file order, checked
+        as every walk is (order, bounds, markers, footer, end of stream).  payloads=False
+        gives only the payload's first bytes (those in the marker's sector) and reads none
+        of the rest."""
+        for event, pos, value, payload in self._walk(payloads=payloads):
+            if event == _EV_GRAIN:
+                yield value, pos, payload
 
     def footer(self) -> Header | None:
         """The footer header (GD at end), found by the marker walk; None when there is none."""
