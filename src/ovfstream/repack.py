@@ -86,7 +86,7 @@ from .pack import (
 )
 from .package import Member, Package, open_package
 from .pipeline import check_workers
-from .sources import open_source
+from .sources import DiskSource, open_source
 from .verify import hash_members
 from .vmdk.copy import CopyStats, copy_stream_vmdk, zlib_grains
 from .vmdk.reader import VmdkReader
@@ -234,9 +234,7 @@ def repack(package: PathLike, output: PathLike | BinaryIO, *,
                                                   populated_bytes=reader[1], progress=report)
                         result = RepackedDisk(pkg.location(member), name, copied, None)
                     else:
-                        src = stack.enter_context(open_source(
-                            _member_file(pkg, member, stack, spool_dir)))
-                        src.check_format()
+                        src = _open_member_source(pkg, member, stack, spool_dir)
                         stats = write_stream_vmdk(src, sink.write, file_name=name, engine=eng,
                                                   workers=workers,
                                                   adapter_type=adapter_for(slot),
@@ -387,6 +385,24 @@ def _copyable(pkg: Package, member: Member, stack: contextlib.ExitStack
 def _looks_like_vmdk(pkg: Package, member: Member) -> bool:
     with pkg.open(member) as f:
         return f.read(4) == b"KDMV"
+
+
+def _open_member_source(pkg: Package, member: Member, stack: contextlib.ExitStack,
+                        spool_dir: PathLike | None) -> DiskSource:
+    """The member as a disk source of whatever format sources/ reads (checked)."""
+    path = _member_file(pkg, member, stack, spool_dir)
+    try:
+        src = stack.enter_context(open_source(path))
+        src.check_format()
+    except (UnsupportedError, FormatError) as exc:
+        if path == member.path:
+            raise
+        # Messages name the package member, not the copy read in its place.
+        text = str(exc).replace(path, pkg.location(member))
+        if isinstance(exc, FormatError):
+            raise FormatError(exc.rule, exc.detail, path=pkg.path, member=member.name) from None
+        raise UnsupportedError(text) from None
+    return src
 
 
 def _member_file(pkg: Package, member: Member, stack: contextlib.ExitStack,
@@ -562,6 +578,9 @@ def _carried(root: etree._Element, vs_el: etree._Element, ns: str, warnings: lis
             continue
         if kind == "Item":
             rt = el.findtext("{*}ResourceType")
+            host = (el.findtext("{*}HostResource") or "").strip().lower()
+            if "/disk/" in host:
+                continue  # a disk drive, whatever its ResourceType (XenOVF writes 19)
             if rt is None or not rt.strip().isdigit() or int(rt) not in _MODELED_RTS:
                 warnings.append("hardware Item %r (ResourceType %s) dropped: repack writes "
                                 "the hardware it models" % (el.findtext("{*}ElementName"),
