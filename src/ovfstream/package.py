@@ -18,7 +18,7 @@ from .errors import Finding, TarFormatError, UsageError
 from .ova import tar
 from .ova.reader import TarReader
 from .ova.tar import check_member_name
-from .regular import open_regular
+from .regular import open_regular, open_regular_fd
 
 if TYPE_CHECKING:
     from .ovf.summary import Descriptor
@@ -64,8 +64,9 @@ class Package:
     def location(self, member: Member | None = None) -> str:
         return self.path + (":" + member.name if member is not None and self.form == "ova" else "")
 
-    def open(self, member: Member) -> BinaryIO:
-        f = open_regular(member.path)
+    def open(self, member: Member, *, buffering: int = -1) -> BinaryIO:
+        """The member's file positioned at its first byte (``buffering``: as open())."""
+        f = os.fdopen(open_regular_fd(member.path), "rb", buffering=buffering)
         try:
             f.seek(member.offset)
         except BaseException:
@@ -73,12 +74,14 @@ class Package:
             raise
         return f
 
-    def open_vmdk(self, member: Member) -> "VmdkReader":
+    def open_vmdk(self, member: Member, fileobj: BinaryIO | None = None) -> "VmdkReader":
         """A VMDK reader over ``member``: inside the OVA (errors name the OVA and the member)
-        or the folder's file."""
+        or the folder's file; over ``fileobj`` (the member's file, which the caller closes)
+        when given."""
         from .vmdk.reader import VmdkReader
         inside = self.form == "ova"
-        return VmdkReader(member.path, name=self.path if inside else member.path,
+        return VmdkReader(fileobj if fileobj is not None else member.path,
+                          name=self.path if inside else member.path,
                           member=member.name if inside else None,
                           base_offset=member.offset, size=member.size)
 

@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -108,6 +109,7 @@ _MODELED_RTS = frozenset({RT_CPU, RT_MEMORY, RT_IDE, RT_SCSI, RT_OTHER_STORAGE, 
                           RT_SAS, RT_NVME, RT_DISK, RT_CDROM, RT_DVD, RT_ETHERNET})
 _MODELED_CONFIGS = frozenset({"firmware", "bootOptions.efiSecureBootEnabled",
                               "uefi.secureBoot.enabled"})
+_READ_BUFFER = 4 << 20
 _SCSI_BY_SUBTYPE = {sub.lower(): name for name, (sub, _) in SCSI_TYPES.items()}
 _NIC_BY_SUBTYPE = {sub.lower(): name for name, (sub, _) in NIC_ADAPTERS.items()}
 
@@ -182,7 +184,7 @@ def repack(package: PathLike, output: PathLike | BinaryIO, *,
         raise FormatError(first.rule, "%s (and %d more error(s)); verify lists them"
                           % (first.message, len(errors) - 1), path=first.file)
     warnings: list[str] = []
-    input_digest = _check_manifest(pkg, check_manifest, warnings)
+    manifest = _ManifestCheck(pkg)
     vs, vs_el = _one_system(pkg, desc, root)
     disks, members = _disk_members(pkg, desc, vs, warnings)
 
@@ -190,7 +192,7 @@ def repack(package: PathLike, output: PathLike | BinaryIO, *,
     if ovf_version is None and preset is None:
         ovf_version = "2.0" if desc.ovf_version == "2.x" else "1.0"
     if digest is None and preset is None:
-        digest = input_digest
+        digest = manifest.algorithm
     version, digest = check_settings(ovf_version, digest, preset)
     out = output_form(output, what="repack")
     base, carried = _vm_of(vs, vs_el, root, disks, out.stem, warnings)
@@ -221,6 +223,9 @@ def repack(package: PathLike, output: PathLike | BinaryIO, *,
     done: list[RepackedDisk] = []
     disk_files: list[PackedFile] = []
     with contextlib.ExitStack() as stack:
+        # The input's digests are checked on the other core while the package is written;
+        # a mismatch fails the run before anything is renamed into place or streamed.
+        stack.enter_context(manifest.running())
         with package_writer(out, front, mtime=mtime, fsync=fsync, spool_dir=spool_dir,
                             stamp=out.form == "ovf") as writer:
             for i, (member, name) in enumerate(zip(members, names)):
@@ -247,6 +252,7 @@ def repack(package: PathLike, output: PathLike | BinaryIO, *,
             descriptor = render_descriptor(vm, disk_entries(vm, names, capacities, written),
                                            ovf_version=version)
             front_data = front.render(descriptor, disk_files)
+            manifest.judge(check_manifest, warnings)
             writer.finish(front_data)
 
     files = front.files(front_data) + disk_files
@@ -277,35 +283,66 @@ def _content_id(d: RepackedDisk) -> str | None:
 
 # -- the input ------------------------------------------------------------------------------
 
-def _check_manifest(pkg: Package, required: bool, warnings: list[str]) -> str:
-    """Check the input's manifest against its members; return its digest algorithm (the
-    output's default), sha256 when there is no manifest."""
-    mf = pkg.member(_stem(pkg) + ".mf")
-    if mf is None:
-        return "sha256"
-    entries, _ = parse_manifest(pkg.read_small(mf), path=pkg.location(mf))
-    if not entries:
-        return "sha256"
-    problems = []
-    present = [(e, pkg.member(e.name)) for e in entries]
-    for e, m in present:
-        if m is None:
-            problems.append("%s is listed but not in the package" % e.name)
-    to_hash = [m for _, m in present if m is not None]
-    digests = hash_members(pkg, to_hash, {e.algorithm for e in entries})
-    for e, m in present:
-        if m is not None and digests[m.name][e.algorithm] != e.hexdigest:
-            problems.append("%s: %s %s in the manifest, %s in the package"
-                            % (e.name, e.algorithm.upper(), e.hexdigest[:16] + "...",
-                               digests[m.name][e.algorithm][:16] + "..."))
-    if problems:
+class _ManifestCheck:
+    """The input's manifest against its members: hashed in a thread while the output is
+    written (hashlib and reads release the GIL), judged before the output is committed."""
+
+    def __init__(self, pkg: Package) -> None:
+        self.pkg = pkg
+        self.mf = pkg.member(_stem(pkg) + ".mf")
+        self.entries = [] if self.mf is None else \
+            parse_manifest(pkg.read_small(self.mf), path=pkg.location(self.mf))[0]
+        # The output's default digest: the input's, SHA256 without a manifest.
+        self.algorithm = self.entries[0].algorithm if self.entries else "sha256"
+        self._stop = threading.Event()
+        self._digests: dict[str, dict[str, str]] = {}
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        listed = [self.pkg.member(e.name) for e in self.entries]
+        try:
+            self._digests = hash_members(self.pkg, [m for m in listed if m is not None],
+                                         {e.algorithm for e in self.entries}, stop=self._stop)
+        except (OSError, FormatError) as exc:  # raised in the caller's thread by judge()
+            self._error = exc
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        if self.entries:
+            self._thread = threading.Thread(target=self._run, name="ovfstream-manifest")
+            self._thread.start()
+        try:
+            yield
+        finally:
+            self._stop.set()  # a failed run does not wait for the whole input's digest
+            if self._thread is not None:
+                self._thread.join()
+
+    def judge(self, required: bool, warnings: list[str]) -> None:
+        if self._thread is None:
+            return
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self.mf is not None
+        problems = []
+        for e in self.entries:
+            got = self._digests.get(e.name, {}).get(e.algorithm)
+            if self.pkg.member(e.name) is None:
+                problems.append("%s is listed but not in the package" % e.name)
+            elif got != e.hexdigest:
+                problems.append("%s: %s %s... in the manifest, %s... in the package"
+                                % (e.name, e.algorithm.upper(), e.hexdigest[:16],
+                                   (got or "?")[:16]))
+        if not problems:
+            return
         text = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+        where = self.pkg.location(self.mf)
         if required:
             raise DigestMismatchError("repack.manifest", text + " (refused: pass "
-                                      "--no-manifest-check to repack it anyway)",
-                                      path=pkg.location(mf))
-        warnings.append("%s: manifest does not match: %s" % (pkg.location(mf), text))
-    return entries[0].algorithm
+                                      "--no-manifest-check to repack it anyway)", path=where)
+        warnings.append("%s: manifest does not match: %s" % (where, text))
 
 
 def _one_system(pkg: Package, desc: Descriptor, root: etree._Element
@@ -379,7 +416,9 @@ def _copyable(pkg: Package, member: Member, stack: contextlib.ExitStack
         zlib_ok, populated = zlib_grains(scan)
     if not zlib_ok:
         return None
-    return stack.enter_context(pkg.open_vmdk(member)), populated
+    # Grains are read in order: a large buffer turns ~3 small reads per grain into few.
+    f = stack.enter_context(pkg.open(member, buffering=_READ_BUFFER))
+    return pkg.open_vmdk(member, fileobj=f), populated
 
 
 def _looks_like_vmdk(pkg: Package, member: Member) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import threading
 import os
 import time
 from dataclasses import dataclass, field
@@ -98,9 +99,10 @@ class VerifyResult:
                 "findings": [f.as_dict() for f in self.findings]}
 
 
-def hash_members(pkg: Package, members: list[Member], algorithms: set[str]
-                  ) -> dict[str, dict[str, str]]:
-    """{member: {algorithm: hex}} reading each member once in large sequential reads."""
+def hash_members(pkg: Package, members: list[Member], algorithms: set[str], *,
+                 stop: threading.Event | None = None) -> dict[str, dict[str, str]]:
+    """{member: {algorithm: hex}} reading each member once in large sequential reads.
+    A set ``stop`` ends the work early (the result is then incomplete)."""
     out: dict[str, dict[str, str]] = {}
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
@@ -108,7 +110,7 @@ def hash_members(pkg: Package, members: list[Member], algorithms: set[str]
         hashers = {a: hashlib.new(a) for a in sorted(algorithms)}
         with pkg.open(m) as f:
             left = m.size
-            while left:
+            while left and not (stop is not None and stop.is_set()):
                 n = f.readinto(view[:min(left, _CHUNK)])
                 if not n:
                     raise FormatError("ova.tar.truncated", "member data ends %d bytes early"
