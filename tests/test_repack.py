@@ -59,6 +59,7 @@ def test_repack_of_a_pack_output_gives_the_same_bytes(packed, tmp_path, monkeypa
     result = repack(src, tmp_path / "out" / "web.ova", fsync=False)
     assert (tmp_path / "out" / "web.ova").read_bytes() == src.read_bytes()
     assert [d.copied is not None for d in result.disks] == [True]
+    assert result.disks[0].copied.input_layout == "spec, copied as is"  # type: ignore[union-attr]
     assert set(result.carried) == {"ProductSection", "AnnotationSection", "EulaSection"}
     assert result.warnings == () and result.mtime == MTIME
 
@@ -74,6 +75,18 @@ def test_ova_to_folder_to_ova_gives_the_same_bytes(packed, tmp_path, monkeypatch
     (tmp_path / "again").mkdir()
     repack(folder, tmp_path / "again" / "web.ova", fsync=False)
     assert (tmp_path / "again" / "web.ova").read_bytes() == src.read_bytes()
+
+
+def test_reframing_our_layout_gives_our_bytes(packed, tmp_path, monkeypatch):
+    # A new name changes the VMDK head, so the grains are re-framed (not copied as is);
+    # re-framed twice and back under the first name, the package is the original again.
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    _, src = packed
+    first = repack(src, tmp_path / "other.ova", fsync=False)
+    assert first.disks[0].copied.input_layout == "stream"  # type: ignore[union-attr]
+    (tmp_path / "back").mkdir()
+    repack(tmp_path / "other.ova", tmp_path / "back" / "web.ova", fsync=False)
+    assert (tmp_path / "back" / "web.ova").read_bytes() == src.read_bytes()
 
 
 def test_overrides_ovf2_sha1_signed(packed, tmp_path, qemu_img):
@@ -101,8 +114,8 @@ def test_overrides_ovf2_sha1_signed(packed, tmp_path, qemu_img):
     assert qemu_img("compare", "-f", "raw", "-F", "vmdk", disk, vmdk).returncode == 0
     old = VmdkReader(io.BytesIO(members(src)["web-disk1.vmdk"]))
     new = VmdkReader(io.BytesIO(files["db-disk1.vmdk"]))
-    assert list(old.grains()) and [(l, p) for l, _, p in old.grains()] == \
-        [(l, p) for l, _, p in new.grains()]
+    assert list(old.grains()) and [(l, p) for l, _, _, p in old.grains()] == \
+        [(l, p) for l, _, _, p in new.grains()]
     assert new.descriptor.cid == old.descriptor.cid
     assert new.descriptor.ddb["ddb.uuid"] == old.descriptor.ddb["ddb.uuid"]
 
@@ -144,7 +157,7 @@ def test_qemu_img_stream_vmdk_is_reframed_not_recompressed(packed, tmp_path, qem
     assert qemu_img("check", vmdk).returncode == 0
     assert qemu_img("compare", "-f", "raw", "-F", "vmdk", disk, vmdk).returncode == 0
     # qemu's compressed grains, byte for byte
-    assert [p for _, _, p in VmdkReader(theirs).grains()] == [p for _, _, p in reader.grains()]
+    assert [p for *_, p in VmdkReader(theirs).grains()] == [p for *_, p in reader.grains()]
     assert verify(out, strict=True, deep=True).ok
 
 
@@ -209,6 +222,24 @@ def test_manifest_mismatch_is_refused_by_default(packed, tmp_path, capsys):
     assert cli.main(["repack", str(bad), "-o", str(tmp_path / "out.ova"), "-q"]) == 1
     assert "[repack.manifest]" in capsys.readouterr().err
     _nothing_left(tmp_path, before)
+
+
+def test_manifest_mismatch_of_a_member_copied_as_is_is_refused(packed, tmp_path):
+    # Same name: the member would be copied as it is with the manifest's digest, which the
+    # background check must refute before anything is committed.
+    _, src = packed
+    data = bytearray(src.read_bytes())
+    data[data.index(b"KDMV") + 512 * 130] ^= 0xFF
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    bad = tmp_path / "in" / "web.ova"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(DigestMismatchError):
+        repack(bad, tmp_path / "out" / "web.ova", fsync=False)
+    assert os.listdir(tmp_path / "out") == []
+    result = repack(bad, tmp_path / "out" / "web.ova", check_manifest=False, fsync=False)
+    assert any("manifest does not match" in w for w in result.warnings)
+    assert verify(tmp_path / "out" / "web.ova").ok  # the new manifest hashes what was written
 
 
 def test_damaged_grain_marker_leaves_nothing(packed, tmp_path):

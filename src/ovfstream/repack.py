@@ -26,7 +26,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -89,7 +89,7 @@ from .package import Member, Package, open_package
 from .pipeline import check_workers
 from .sources import DiskSource, open_source
 from .verify import hash_members
-from .vmdk.copy import CopyStats, copy_stream_vmdk, zlib_grains
+from .vmdk.copy import CopyStats, copies_as_is, copy_member, copy_stream_vmdk, zlib_grains
 from .vmdk.reader import VmdkReader
 from .vmdk.writer import DiskStats, write_stream_vmdk
 
@@ -231,12 +231,15 @@ def repack(package: PathLike, output: PathLike | BinaryIO, *,
             for i, (member, name) in enumerate(zip(members, names)):
                 report = None if progress is None else progress_of(progress, name)
                 slot = vm.slot_for(i)
-                reader = _copyable(pkg, member, stack)
-                with writer.member(name) as sink:
-                    if reader is not None:
-                        copied = copy_stream_vmdk(reader[0], sink.write, file_name=name,
-                                                  adapter_type=adapter_for(slot),
-                                                  populated_bytes=reader[1], progress=report)
+                plan = _copyable(pkg, member, stack, file_name=name,
+                                 adapter_type=adapter_for(slot))
+                # A member copied as it is keeps its bytes, so its digest is the input
+                # manifest's (checked against the input before the commit): not hashed again.
+                known = (manifest.digest_of(member.name, digest)
+                         if plan is not None and plan.as_is and check_manifest else None)
+                with writer.member(name, known) as sink:
+                    if plan is not None:
+                        copied = plan.copy(sink.write, report)
                         result = RepackedDisk(pkg.location(member), name, copied, None)
                     else:
                         src = _open_member_source(pkg, member, stack, spool_dir)
@@ -319,6 +322,11 @@ class _ManifestCheck:
             if self._thread is not None:
                 self._thread.join()
 
+    def digest_of(self, name: str, algorithm: str) -> str | None:
+        """The manifest's digest of ``name`` in ``algorithm``, if it lists one."""
+        return next((e.hexdigest for e in self.entries
+                     if e.name == name and e.algorithm == algorithm), None)
+
     def judge(self, required: bool, warnings: list[str]) -> None:
         if self._thread is None:
             return
@@ -400,10 +408,43 @@ def _capacity(pkg: Package, member: Member, disk: DiskInfo) -> int:
     return max(member.size, 512)
 
 
-def _copyable(pkg: Package, member: Member, stack: contextlib.ExitStack
-              ) -> tuple[VmdkReader, int] | None:
-    """A reader over ``member`` and its populated bytes when its grains can be copied; None
-    when the disk must be re-encoded (not a stream-optimized VMDK, or not zlib grains)."""
+@dataclass(frozen=True)
+class _CopyPlan:
+    """A stream VMDK member whose grains are copied: as it is when it is already in the
+    spec layout under this name (copies_as_is), else re-framed grain by grain."""
+
+    member: Member
+    reader: VmdkReader
+    fd: int                 # the member's file (reader's), for large positioned reads
+    grains: int
+    payload: int
+    populated: int
+    as_is: bool
+    file_name: str
+    adapter_type: str
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        return os.pread(self.fd, n, self.member.offset + offset)
+
+    def copy(self, write: Callable[[bytes | bytearray | memoryview], object],
+             progress: Callable[[int, int], None] | None) -> CopyStats:
+        if not self.as_is:
+            return copy_stream_vmdk(self.reader, write, file_name=self.file_name,
+                                    adapter_type=self.adapter_type,
+                                    populated_bytes=self.populated, progress=progress)
+        started = time.perf_counter()
+        copy_member(self.read_at, self.member.size, write)
+        return CopyStats(capacity_bytes=self.reader.capacity_bytes,
+                         bytes_written=self.member.size, grains_copied=self.grains,
+                         payload_bytes=self.payload, populated_bytes=self.populated,
+                         input_layout="spec, copied as is", ids_carried=True,
+                         seconds=time.perf_counter() - started)
+
+
+def _copyable(pkg: Package, member: Member, stack: contextlib.ExitStack, *, file_name: str,
+              adapter_type: str) -> _CopyPlan | None:
+    """How to copy ``member``'s grains; None when the disk must be re-encoded (not a
+    stream-optimized VMDK, or grains that are not zlib streams)."""
     try:
         scan = pkg.open_vmdk(member)
     except UnsupportedError:
@@ -413,12 +454,17 @@ def _copyable(pkg: Package, member: Member, stack: contextlib.ExitStack
             raise  # a damaged stream VMDK: refused, not re-encoded from what we can guess
         return None
     with scan:
-        zlib_ok, populated = zlib_grains(scan)
-    if not zlib_ok:
+        found = zlib_grains(scan)
+    if found is None:
         return None
+    grains, populated = found
     # Grains are read in order: a large buffer turns ~3 small reads per grain into few.
     f = stack.enter_context(pkg.open(member, buffering=_READ_BUFFER))
-    return pkg.open_vmdk(member, fileobj=f), populated
+    plan = _CopyPlan(member, pkg.open_vmdk(member, fileobj=f), f.fileno(), len(grains),
+                     sum(g[2] for g in grains), populated, False, file_name, adapter_type)
+    as_is = copies_as_is(plan.reader, grains, member.size, plan.read_at,
+                         file_name=file_name, adapter_type=adapter_type)
+    return dataclasses.replace(plan, as_is=as_is)
 
 
 def _looks_like_vmdk(pkg: Package, member: Member) -> bool:

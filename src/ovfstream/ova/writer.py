@@ -35,8 +35,8 @@ from ..atomic import AtomicFiles
 from ..manifest import DIGESTS
 from . import tar
 
-__all__ = ["MemberSink", "SeekableOvaWriter", "StreamingOvaWriter", "FolderWriter",
-           "FrontMembers"]
+__all__ = ["MemberSink", "KnownDigestSink", "Sink", "SeekableOvaWriter", "StreamingOvaWriter",
+           "FolderWriter", "FrontMembers"]
 
 
 class MemberSink:
@@ -57,6 +57,33 @@ class MemberSink:
 
     def hexdigest(self) -> str:
         return self._hasher.hexdigest()
+
+
+class KnownDigestSink:
+    """Counts and writes a member whose digest is already known, without hashing it: repack
+    copies a disk member byte for byte and its digest is the input manifest's, which is
+    checked against the input's bytes (on another core) before the output is committed."""
+
+    def __init__(self, write: Callable[[bytes | bytearray | memoryview], object],
+                 hexdigest: str) -> None:
+        self._write = write
+        self._digest = hexdigest
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._write(data)
+        self.size += len(data)
+
+    def hexdigest(self) -> str:
+        return self._digest
+
+
+Sink = MemberSink | KnownDigestSink
+
+
+def _sink(write: Callable[[bytes | bytearray | memoryview], object], algorithm: str,
+          digest: str | None) -> Sink:
+    return MemberSink(write, algorithm) if digest is None else KnownDigestSink(write, digest)
 
 
 @dataclass(frozen=True)
@@ -80,12 +107,12 @@ class SeekableOvaWriter:
         f.seek(front.span_bytes())
 
     @contextlib.contextmanager
-    def member(self, name: str) -> Iterator[MemberSink]:
+    def member(self, name: str, digest: str | None = None) -> Iterator[Sink]:
         """Stream one member into the sink; its header is patched once the size is known."""
         tar.check_member_name(name)
         header_at = self._f.tell()
         self._f.write(bytes(tar.BLOCK))  # placeholder until the size is known
-        sink = MemberSink(self._f.write, self._algorithm)
+        sink = _sink(self._f.write, self._algorithm, digest)
         yield sink
         self._f.write(bytes(tar.padding_for(sink.size)))
         end = self._f.tell()
@@ -118,11 +145,11 @@ class StreamingOvaWriter:
         self._spooled: list[tuple[str, str, int]] = []
 
     @contextlib.contextmanager
-    def member(self, name: str) -> Iterator[MemberSink]:
+    def member(self, name: str, digest: str | None = None) -> Iterator[Sink]:
         tar.check_member_name(name)
         path = os.path.join(self._dir, "%d" % len(self._spooled))
         with open(path, "wb") as f:
-            sink = MemberSink(f.write, self._algorithm)
+            sink = _sink(f.write, self._algorithm, digest)
             yield sink
         self._spooled.append((name, path, sink.size))
 
@@ -159,9 +186,9 @@ class FolderWriter:
         self._mtime = mtime          # given each file when set
 
     @contextlib.contextmanager
-    def member(self, name: str) -> Iterator[MemberSink]:
+    def member(self, name: str, digest: str | None = None) -> Iterator[Sink]:
         f = self._group.open(os.path.join(self._folder, name))
-        sink = MemberSink(f.write, self._algorithm)
+        sink = _sink(f.write, self._algorithm, digest)
         yield sink
         if self._mtime is not None:
             f.flush()

@@ -20,7 +20,7 @@ import struct
 import time
 from array import array
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import xxhash
 
@@ -30,7 +30,8 @@ from .descriptor import derived_ids, render_descriptor
 from .reader import VmdkReader
 from .writer import StreamVmdkWriter
 
-__all__ = ["CopyStats", "is_zlib_head", "zlib_grains", "carried_ids", "copy_stream_vmdk"]
+__all__ = ["CopyStats", "is_zlib_head", "zlib_grains", "carried_ids", "copy_stream_vmdk",
+           "copies_as_is", "copy_member"]
 
 Write = Callable[[bytes | bytearray | memoryview], object]
 
@@ -68,16 +69,87 @@ def is_zlib_head(payload: bytes) -> bool:
             and (payload[0] << 8 | payload[1]) % 31 == 0 and not payload[1] & 0x20)
 
 
-def zlib_grains(reader: VmdkReader) -> tuple[bool, int]:
-    """(every grain starts as a zlib stream, populated bytes), from the marker sectors only:
-    nothing is inflated and no grain's body is read."""
+Grain = tuple[int, int, int]       # LBA, marker offset, compressed size
+
+
+def zlib_grains(reader: VmdkReader) -> tuple[list[Grain], int] | None:
+    """(the grains, populated bytes) when every grain starts as a zlib stream, else None;
+    from the marker sectors only: nothing is inflated and no grain's body is read."""
     h = reader.header
     populated = 0
-    for lba, _pos, head in reader.grains(payloads=False):
+    grains: list[Grain] = []
+    for lba, pos, size, head in reader.grains(payloads=False):
         if not is_zlib_head(head):
-            return False, 0
+            return None
+        grains.append((lba, pos, size))
         populated += min(h.grain_sectors, h.capacity_sectors - lba) * L.SECTOR
-    return True, populated
+    return grains, populated
+
+
+def _descriptor(reader: VmdkReader, file_name: str, adapter_type: str
+                ) -> tuple[bytes, bool]:
+    ids, all_carried = carried_ids(reader)
+    return render_descriptor(capacity_sectors=reader.header.capacity_sectors,
+                             file_name=file_name, disk_key=b"", adapter_type=adapter_type,
+                             ids=ids), all_carried
+
+
+def copies_as_is(reader: VmdkReader, grains: Sequence[Grain], member_size: int,
+                 read_at: Callable[[int, int], bytes], *, file_name: str,
+                 adapter_type: str) -> bool:
+    """Whether :func:`copy_stream_vmdk` would write the input's own bytes (up to the unused
+    bytes after each payload): same head, every grain where it would put it, the same
+    tables, footer and end, the same size.  Then the member can be copied as it is.  The
+    metadata is made by StreamVmdkWriter itself, fed placeholder grain blocks."""
+    descriptor, _ = _descriptor(reader, file_name, adapter_type)
+    spans: dict[int, list[Grain]] = {}
+    for grain in grains:
+        spans.setdefault(grain[0] // (L.GRAIN_SECTORS * L.GTES_PER_GT), []).append(grain)
+    placeholder = bytearray(max((sum(_framed_bytes(g[2]) for g in span)
+                                 for span in spans.values()), default=0))
+    expected: list[tuple[int, bytes]] = []
+    written = 0
+
+    def record(data: bytes | bytearray | memoryview) -> None:
+        nonlocal written
+        if not (isinstance(data, memoryview) and data.obj is placeholder):
+            expected.append((written, bytes(data)))
+        written += len(data)
+
+    writer = StreamVmdkWriter(record, capacity_sectors=reader.header.capacity_sectors,
+                              descriptor=descriptor)
+    writer.start()
+    for index, span in sorted(spans.items()):
+        gt = array("I", bytes(4 * L.GTES_PER_GT))
+        at = written
+        for lba, pos, size in span:
+            if pos != at:
+                return False
+            gt[lba // L.GRAIN_SECTORS % L.GTES_PER_GT] = (at - written) // L.SECTOR + 1
+            at += _framed_bytes(size)
+        with memoryview(placeholder) as view:
+            writer.add_span(index, view[:at - written], gt.tobytes())
+    writer.finish()
+    if written != member_size:
+        return False
+    return all(read_at(offset, len(data)) == data for offset, data in expected)
+
+
+def _framed_bytes(size: int) -> int:
+    return L.sectors_for(_GRAIN_HEAD.size + size) * L.SECTOR
+
+
+def copy_member(read_at: Callable[[int, int], bytes], size: int, write: Write, *,
+                chunk: int = 8 << 20) -> None:
+    """The member's bytes as they are, in large reads."""
+    done = 0
+    while done < size:
+        data = read_at(done, min(chunk, size - done))
+        if not data:
+            raise VmdkFormatError("vmdk.truncated", "the file ends %d bytes early"
+                                  % (size - done), offset=done)
+        write(data)
+        done += len(data)
 
 
 def carried_ids(reader: VmdkReader) -> tuple[tuple[str, str, str], bool]:
@@ -101,9 +173,7 @@ def copy_stream_vmdk(reader: VmdkReader, write: Write, *, file_name: str, adapte
     """Copy ``reader``'s grains into a spec-layout stream VMDK through ``write``, one pass."""
     started = time.perf_counter()
     h = reader.header
-    ids, all_carried = carried_ids(reader)
-    descriptor = render_descriptor(capacity_sectors=h.capacity_sectors, file_name=file_name,
-                                   disk_key=b"", adapter_type=adapter_type, ids=ids)
+    descriptor, all_carried = _descriptor(reader, file_name, adapter_type)
     writer = StreamVmdkWriter(write, capacity_sectors=h.capacity_sectors, descriptor=descriptor)
     writer.start()
     span = -1
@@ -111,7 +181,7 @@ def copy_stream_vmdk(reader: VmdkReader, write: Write, *, file_name: str, adapte
     gt = array("I", bytes(4 * L.GTES_PER_GT))
     grains = payload_total = 0
     total = reader.size or 0
-    for lba, pos, payload in reader.grains():
+    for lba, pos, _size, payload in reader.grains():
         if not is_zlib_head(payload):  # zlib_grains said otherwise: the file changed
             raise VmdkFormatError("vmdk.grain.inflate", "grain at LBA %d is not a zlib stream "
                                   "(it was when the disk was scanned)" % lba,
