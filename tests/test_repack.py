@@ -24,6 +24,7 @@ from ovfstream.repack import _checked_carried, _one_system, _vm_of, repack
 from ovfstream.package import open_package
 from ovfstream.sources import reader_class
 from ovfstream.verify import verify
+from ovfstream.vmdk.copy import copy_stream_vmdk
 from ovfstream.vmdk.layout import GD_AT_END
 from ovfstream.vmdk.reader import VmdkReader
 
@@ -77,13 +78,23 @@ def test_ova_to_folder_to_ova_gives_the_same_bytes(packed, tmp_path, monkeypatch
     assert (tmp_path / "again" / "web.ova").read_bytes() == src.read_bytes()
 
 
-def test_reframing_our_layout_gives_our_bytes(packed, tmp_path, monkeypatch):
-    # A new name changes the VMDK head, so the grains are re-framed (not copied as is);
-    # re-framed twice and back under the first name, the package is the original again.
+def test_copy_stream_vmdk_of_our_layout_gives_our_bytes(packed):
+    _, src = packed
+    data = members(src)["web-disk1.vmdk"]
+    out = io.BytesIO()
+    stats = copy_stream_vmdk(VmdkReader(io.BytesIO(data)), out.write,
+                             file_name="web-disk1.vmdk", adapter_type="lsilogic",
+                             populated_bytes=0)
+    assert out.getvalue() == data and stats.ids_carried and stats.grains_copied > 0
+
+
+def test_a_new_name_writes_a_new_head_over_the_same_grains(packed, tmp_path, monkeypatch):
+    # A new name changes the VMDK head only; renamed and back under the first name, the
+    # package is the original again.
     monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
     _, src = packed
     first = repack(src, tmp_path / "other.ova", fsync=False)
-    assert first.disks[0].copied.input_layout == "stream"  # type: ignore[union-attr]
+    assert first.disks[0].copied.input_layout.startswith("spec, new head")  # type: ignore[union-attr]
     (tmp_path / "back").mkdir()
     repack(tmp_path / "other.ova", tmp_path / "back" / "web.ova", fsync=False)
     assert (tmp_path / "back" / "web.ova").read_bytes() == src.read_bytes()

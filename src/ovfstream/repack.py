@@ -235,8 +235,8 @@ def repack(package: PathLike, output: PathLike | BinaryIO, *,
                                  adapter_type=adapter_for(slot))
                 # A member copied as it is keeps its bytes, so its digest is the input
                 # manifest's (checked against the input before the commit): not hashed again.
-                known = (manifest.digest_of(member.name, digest)
-                         if plan is not None and plan.as_is and check_manifest else None)
+                known = (manifest.digest_of(member.name, digest) if plan is not None
+                         and plan.as_is and plan.head is None and check_manifest else None)
                 with writer.member(name, known) as sink:
                     if plan is not None:
                         copied = plan.copy(sink.write, report)
@@ -419,7 +419,8 @@ class _CopyPlan:
     grains: int
     payload: int
     populated: int
-    as_is: bool
+    as_is: bool             # the member's bytes after the head are what re-framing gives
+    head: bytes | None      # and, when not None, the head to write instead of the input's
     file_name: str
     adapter_type: str
 
@@ -433,11 +434,16 @@ class _CopyPlan:
                                     adapter_type=self.adapter_type,
                                     populated_bytes=self.populated, progress=progress)
         started = time.perf_counter()
-        copy_member(self.read_at, self.member.size, write)
+        if self.head is not None:
+            write(self.head)
+        copy_member(self.read_at, self.member.size, write,
+                    start=0 if self.head is None else len(self.head))
         return CopyStats(capacity_bytes=self.reader.capacity_bytes,
                          bytes_written=self.member.size, grains_copied=self.grains,
                          payload_bytes=self.payload, populated_bytes=self.populated,
-                         input_layout="spec, copied as is", ids_carried=True,
+                         input_layout="spec, copied as is" if self.head is None
+                         else "spec, new head, grains and tables copied as they are",
+                         ids_carried=True,
                          seconds=time.perf_counter() - started)
 
 
@@ -461,10 +467,11 @@ def _copyable(pkg: Package, member: Member, stack: contextlib.ExitStack, *, file
     # Grains are read in order: a large buffer turns ~3 small reads per grain into few.
     f = stack.enter_context(pkg.open(member, buffering=_READ_BUFFER))
     plan = _CopyPlan(member, pkg.open_vmdk(member, fileobj=f), f.fileno(), len(grains),
-                     sum(g[2] for g in grains), populated, False, file_name, adapter_type)
-    as_is = copies_as_is(plan.reader, grains, member.size, plan.read_at,
-                         file_name=file_name, adapter_type=adapter_type)
-    return dataclasses.replace(plan, as_is=as_is)
+                     sum(g[2] for g in grains), populated, False, None, file_name,
+                     adapter_type)
+    as_is, head = copies_as_is(plan.reader, grains, member.size, plan.read_at,
+                               file_name=file_name, adapter_type=adapter_type)
+    return dataclasses.replace(plan, as_is=as_is, head=head)
 
 
 def _looks_like_vmdk(pkg: Package, member: Member) -> bool:

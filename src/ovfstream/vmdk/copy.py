@@ -96,11 +96,14 @@ def _descriptor(reader: VmdkReader, file_name: str, adapter_type: str
 
 def copies_as_is(reader: VmdkReader, grains: Sequence[Grain], member_size: int,
                  read_at: Callable[[int, int], bytes], *, file_name: str,
-                 adapter_type: str) -> bool:
-    """Whether :func:`copy_stream_vmdk` would write the input's own bytes (up to the unused
-    bytes after each payload): same head, every grain where it would put it, the same
-    tables, footer and end, the same size.  Then the member can be copied as it is.  The
-    metadata is made by StreamVmdkWriter itself, fed placeholder grain blocks."""
+                 adapter_type: str) -> tuple[bool, bytes | None]:
+    """Whether :func:`copy_stream_vmdk` would write the input's own bytes past the head (up
+    to the unused bytes after each payload): every grain where it would put it, the same
+    tables, footer and end, the same size; and the head it would write there.  With the
+    same body the member's bytes after the head can be copied as they are: (True, None)
+    when the head is the same too, (True, head) when only the head differs (a new name),
+    (False, None) otherwise.  The metadata is made by StreamVmdkWriter itself, fed
+    placeholder grain blocks."""
     descriptor, _ = _descriptor(reader, file_name, adapter_type)
     spans: dict[int, list[Grain]] = {}
     for grain in grains:
@@ -124,15 +127,18 @@ def copies_as_is(reader: VmdkReader, grains: Sequence[Grain], member_size: int,
         at = written
         for lba, pos, size in span:
             if pos != at:
-                return False
+                return False, None
             gt[lba // L.GRAIN_SECTORS % L.GTES_PER_GT] = (at - written) // L.SECTOR + 1
             at += _framed_bytes(size)
         with memoryview(placeholder) as view:
             writer.add_span(index, view[:at - written], gt.tobytes())
     writer.finish()
     if written != member_size:
-        return False
-    return all(read_at(offset, len(data)) == data for offset, data in expected)
+        return False, None
+    (_, head), body = expected[0], expected[1:]   # start() writes the head in one piece
+    if not all(read_at(offset, len(data)) == data for offset, data in body):
+        return False, None
+    return True, (None if read_at(0, len(head)) == head else head)
 
 
 def _framed_bytes(size: int) -> int:
@@ -140,9 +146,9 @@ def _framed_bytes(size: int) -> int:
 
 
 def copy_member(read_at: Callable[[int, int], bytes], size: int, write: Write, *,
-                chunk: int = 8 << 20) -> None:
-    """The member's bytes as they are, in large reads."""
-    done = 0
+                start: int = 0, chunk: int = 8 << 20) -> None:
+    """The member's bytes from ``start`` on as they are, in large reads."""
+    done = start
     while done < size:
         data = read_at(done, min(chunk, size - done))
         if not data:
