@@ -319,3 +319,11 @@ def test_corpus_unmodeled_sections_survive_and_stay_valid(path, tmp_path):
             assert c in kept_vm.carried or any(c.kind in w for w in warnings)
         for c in kept_vm.carried:
             assert ("<" + c.kind).encode() in out or (":" + c.kind).encode() in out
+
+
+def test_repack_to_a_stream_gives_the_ova_bytes(packed, monkeypatch):
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    _, src = packed
+    out = io.BytesIO()
+    result = repack(src, out, fsync=False)  # members named after the VM: web
+    assert result.form == "ova-stream" and out.getvalue() == src.read_bytes()
