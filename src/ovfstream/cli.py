@@ -45,8 +45,27 @@ def _common(p: argparse.ArgumentParser, *, engine: bool = True) -> None:
                        help="auto (default): detect by content (raw, qcow2, vmdk, vhd/vpc, "
                             "vhdx, zstd) and refuse what is not read (VDI, LUKS, gzip...); raw: "
                             "take the bytes as they are; a format name: insist on it")
+        p.add_argument("--size", type=_size_arg, default=None, metavar="BYTES",
+                       help="the virtual size of a disk read from standard input (-), or of "
+                            "a zstd image whose frames do not record it; bytes, or with a "
+                            "binary K, M, G or T suffix (1K = 1024)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size_arg(text: str) -> int:
+    """--size: a whole number of bytes, or with a binary K/M/G/T suffix (64M = 64 MiB)."""
+    digits = text.strip()
+    unit = digits[-1:].upper() if digits[-1:].isalpha() else ""
+    if unit:
+        digits = digits[:-1]
+    if unit not in _SIZE_UNITS or not digits.isdigit() or not digits.isascii():
+        raise argparse.ArgumentTypeError("%r: allowed a whole number of bytes, optionally "
+                                         "with a K, M, G or T suffix (binary)" % text)
+    return int(digits) * _SIZE_UNITS[unit]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -62,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     target_names_text = ", ".join(target_names())
 
     p = sub.add_parser("convert", help="raw image -> bare stream-optimized VMDK")
-    p.add_argument("source", help="raw disk image (file or block device)")
+    p.add_argument("source", help="disk image (file or block device), or - for a raw disk on "
+                                  "standard input (with --size)")
     p.add_argument("-o", "--output", required=True, help="DST.vmdk")
     p.add_argument("--adapter-type", default="lsilogic",
                    choices=("lsilogic", "buslogic", "ide", "legacyESX"),
@@ -70,7 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("pack", help="raw disks + VM description -> OVA, OVA stream or OVF folder")
-    p.add_argument("disks", nargs="+", metavar="DISK", help="raw disk images, boot disk first")
+    p.add_argument("disks", nargs="+", metavar="DISK",
+                   help="disk images, boot disk first; - reads one from standard input "
+                        "(with --size)")
     p.add_argument("-o", "--output", required=True,
                    help="NAME.ova, DIR/NAME.ovf (folder form) or - (OVA on stdout)")
     p.add_argument("--spec", help="VM description file (.toml, .yaml, .json); flags override it")
@@ -195,7 +217,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         report = None if bars is None else (lambda n, total: bars(label, n, total))
         result = convert(args.source, args.output, parallel=args.parallel, engine=args.engine,
                          level=args.level, adapter_type=args.adapter_type, progress=report,
-                         input_format=args.input_format)
+                         input_format=args.input_format, size=args.size)
     if args.json:
         _emit_json(result.as_dict())
     elif not args.quiet:
@@ -269,7 +291,8 @@ def _cmd_pack(args: argparse.Namespace) -> int:
         result = pack(args.disks, output, vm=vm, ovf_version=args.ovf_version,
                       digest=args.digest, parallel=args.parallel, engine=args.engine,
                       level=args.level, signer=signer, spool_dir=args.spool_dir, progress=bars,
-                      inputs=also_read, input_format=args.input_format, target=target)
+                      inputs=also_read, input_format=args.input_format, target=target,
+                      size=args.size)
     if args.json:
         doc = result.as_dict()
         if args.output == "-":  # stdout carries the OVA: the JSON goes to stderr

@@ -273,7 +273,8 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
          parallel: int | None = None, engine: str = "isal", level: int | None = None,
          mtime: int | None = None, signer: Signer | None = None, fsync: bool = True,
          spool_dir: PathLike | None = None, progress: Progress | None = None,
-         inputs: Sequence[PathLike] = (), input_format: str = "auto") -> PackResult:
+         inputs: Sequence[PathLike] = (), input_format: str = "auto",
+         size: int | None = None) -> PackResult:
     """Pack raw ``disks`` (boot disk first) into an OVA, an OVA stream or an OVF folder.
 
     ``output``: ``NAME.ova`` (written under a fresh temporary name beside it, renamed on
@@ -281,7 +282,8 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
     all renamed into place together at the end; a stale NAME.cert of an earlier signed pack is
     removed), or a writable binary file object (the OVA streamed in order).  Member names
     derive from NAME (``appliance`` for a stream).  The tar mtime is ``mtime``, else
-    $SOURCE_DATE_EPOCH, else the newest input's mtime: same inputs and settings, same bytes.
+    $SOURCE_DATE_EPOCH, else the newest input's mtime (0 for standard input, which has
+    none): same inputs and settings, same bytes.
 
     No output may be one of the disks or of ``inputs`` (other files this pack read: spec,
     key, certificate): UsageError.  A disk that changes while it is read fails the pack
@@ -292,12 +294,18 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
     and options against it before anything is read: what the target cannot honour is a
     UsageError naming the option and the target, what it ignores a warning in the result.
     Without a target: OVF 1.0, SHA256 and no checks (the output of ``target="generic"``).
+
+    A disk ``"-"`` is a raw disk of ``size`` bytes read from standard input (once: at most one
+    ``"-"``; its tar mtime is 0, see above); ``size`` is also the size of every zstd disk whose
+    frames do not record it, and must agree with those whose frames do.
     """
     started = time.perf_counter()
     if not disks:
         raise UsageError("pack: at least one disk image is needed")
     preset = get_target(target, what="--target") if target is not None else None
     version, digest = check_settings(ovf_version, digest, preset)
+    if sum(os.fspath(d) == "-" for d in disks) > 1:
+        raise UsageError("pack: standard input (-) can be read as one disk only")
     workers = check_workers(parallel)
     eng = get_engine(engine, level)
     out = output_form(output)
@@ -312,7 +320,8 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
                               disks=len(disks), stem=out.stem)
 
     with contextlib.ExitStack() as stack:
-        sources = [stack.enter_context(open_source(d, input_format=input_format)) for d in disks]
+        sources = [stack.enter_context(open_source(d, input_format=input_format, size=size))
+                   for d in disks]
         if mtime is None:
             mtime = _default_mtime(sources)
         names = tuple("%s-disk%d.vmdk" % (out.stem, i + 1) for i in range(len(sources)))
