@@ -262,9 +262,9 @@ def _vm_flags(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
-    from .pack import Signer, pack
+    from .pack import pack
     from .progress import progress_bars
-    from .regular import check_regular, read_regular
+    from .regular import check_regular
     if args.output == "-":
         if sys.stdout is None:  # started with stdout closed
             raise UsageError("-o -: stdout is closed; redirect it to a file or a pipe")
@@ -276,15 +276,9 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     if args.spec:
         check_regular(args.spec)  # a FIFO would hang the read
     vm, target = _vm_from_args(args, stem)
-    signer = None
-    if args.sign_key or args.sign_cert:
-        if not (args.sign_key and args.sign_cert):
-            raise UsageError("--sign-key and --sign-cert go together")
-        from .ovf.targets import get_target
-        signer = Signer(private_key_pem=read_regular(args.sign_key),
-                        certificate_chain_pem=read_regular(args.sign_cert),
-                        digest=args.digest or (get_target(target).digest.value if target
-                                               else "sha256"))
+    from .ovf.targets import get_target
+    signer = _signer(args, args.digest or (get_target(target).digest.value if target
+                                           else "sha256"))
     also_read = [p for p in (args.spec, args.sign_key, args.sign_cert) if p]
     _engine_note(args)
     with progress_bars(enabled=not args.quiet) as bars:
@@ -314,6 +308,18 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _signer(args: argparse.Namespace, digest: str) -> Any:
+    """The Signer of --sign-key/--sign-cert (signing with ``digest``), or None."""
+    from .pack import Signer
+    from .regular import read_regular
+    if not (args.sign_key or args.sign_cert):
+        return None
+    if not (args.sign_key and args.sign_cert):
+        raise UsageError("--sign-key and --sign-cert go together")
+    return Signer(private_key_pem=read_regular(args.sign_key),
+                  certificate_chain_pem=read_regular(args.sign_cert), digest=digest)
+
+
 def _stdout_stream() -> Any:
     if sys.stdout is None:  # started with stdout closed
         raise UsageError("-o -: stdout is closed; redirect it to a file or a pipe")
@@ -323,18 +329,10 @@ def _stdout_stream() -> Any:
 
 
 def _cmd_repack(args: argparse.Namespace) -> int:
-    from .pack import Signer
     from .progress import progress_bars
-    from .regular import read_regular
     from .repack import repack
     output = _stdout_stream() if args.output == "-" else args.output
-    signer = None
-    if args.sign_key or args.sign_cert:
-        if not (args.sign_key and args.sign_cert):
-            raise UsageError("--sign-key and --sign-cert go together")
-        signer = Signer(private_key_pem=read_regular(args.sign_key),
-                        certificate_chain_pem=read_regular(args.sign_cert),
-                        digest=args.digest or "sha256")
+    signer = _signer(args, args.digest or "sha256")
     _engine_note(args)
     with progress_bars(enabled=not args.quiet) as bars:
         result = repack(args.package, output, overrides=_vm_flags(args),
