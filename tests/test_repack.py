@@ -327,3 +327,15 @@ def test_repack_to_a_stream_gives_the_ova_bytes(packed, monkeypatch):
     out = io.BytesIO()
     result = repack(src, out, fsync=False)  # members named after the VM: web
     assert result.form == "ova-stream" and out.getvalue() == src.read_bytes()
+
+
+def test_a_product_override_replaces_the_carried_section(packed, tmp_path):
+    _, src = packed
+    out = tmp_path / "p.ova"
+    repack(src, out, overrides={"product": {"product": "Other", "vendor": "X"},
+                                "annotation": "new"}, fsync=False)
+    text = members(out)["p.ovf"].decode()
+    assert text.count("<ProductSection") == 1 and "<Product>Other</Product>" in text
+    assert text.count("<AnnotationSection") == 1 and "<Annotation>new</Annotation>" in text
+    assert "<License>You agree.</License>" in text  # still carried
+    assert_descriptor_valid(members(out)["p.ovf"])

@@ -340,7 +340,8 @@ def _cmd_repack(args: argparse.Namespace) -> int:
                         signer=signer, parallel=args.parallel, engine=args.engine,
                         level=args.level, spool_dir=args.spool_dir, progress=bars,
                         inputs=[p for p in (args.sign_key, args.sign_cert) if p],
-                        check_manifest=not args.no_manifest_check)
+                        check_manifest=not args.no_manifest_check,
+                        input_format=args.input_format)
     if args.json:
         doc = json.dumps(result.as_dict(), indent=2) + "\n"
         (sys.stderr if args.output == "-" else sys.stdout).write(doc)

@@ -110,6 +110,9 @@ _MODELED_RTS = frozenset({RT_CPU, RT_MEMORY, RT_IDE, RT_SCSI, RT_OTHER_STORAGE, 
 _MODELED_CONFIGS = frozenset({"firmware", "bootOptions.efiSecureBootEnabled",
                               "uefi.secureBoot.enabled"})
 _READ_BUFFER = 4 << 20
+# Override key -> the VirtualSystem section it replaces.
+_REPLACES = {"annotation": "AnnotationSection", "product": "ProductSection",
+             "eula": "EulaSection", "eula_file": "EulaSection"}
 _SCSI_BY_SUBTYPE = {sub.lower(): name for name, (sub, _) in SCSI_TYPES.items()}
 _NIC_BY_SUBTYPE = {sub.lower(): name for name, (sub, _) in NIC_ADAPTERS.items()}
 
@@ -161,7 +164,8 @@ def repack(package: PathLike, output: PathLike | BinaryIO, *,
            signer: Signer | None = None, parallel: int | None = None, engine: str = "isal",
            level: int | None = None, mtime: int | None = None, fsync: bool = True,
            spool_dir: PathLike | None = None, progress: Progress | None = None,
-           inputs: Sequence[PathLike] = (), check_manifest: bool = True) -> RepackResult:
+           inputs: Sequence[PathLike] = (), check_manifest: bool = True,
+           input_format: str = "auto") -> RepackResult:
     """Repack ``package`` (an .ova, an .ovf with its folder, or a folder with one .ovf) into
     ``output`` (``NAME.ova``, ``DIR/NAME.ovf`` or a binary stream), as pack writes them.
 
@@ -172,7 +176,7 @@ def repack(package: PathLike, output: PathLike | BinaryIO, *,
     the input descriptor's (its tar header's, or the .ovf file's), so OVA -> folder -> OVA
     gives the same bytes.  A manifest that does not match is refused (``repack.manifest``)
     unless ``check_manifest`` is False (then it is a warning); a signature is not carried
-    (sign again with ``signer``).
+    (sign again with ``signer``).  ``input_format`` is pack's, for the disks re-encoded.
     """
     started = time.perf_counter()
     pkg = open_package(package)
@@ -242,7 +246,8 @@ def repack(package: PathLike, output: PathLike | BinaryIO, *,
                         copied = plan.copy(sink.write, report)
                         result = RepackedDisk(pkg.location(member), name, copied, None)
                     else:
-                        src = _open_member_source(pkg, member, stack, spool_dir)
+                        src = _open_member_source(pkg, member, stack, spool_dir,
+                                                  input_format)
                         stats = write_stream_vmdk(src, sink.write, file_name=name, engine=eng,
                                                   workers=workers,
                                                   adapter_type=adapter_for(slot),
@@ -480,11 +485,11 @@ def _looks_like_vmdk(pkg: Package, member: Member) -> bool:
 
 
 def _open_member_source(pkg: Package, member: Member, stack: contextlib.ExitStack,
-                        spool_dir: PathLike | None) -> DiskSource:
+                        spool_dir: PathLike | None, input_format: str) -> DiskSource:
     """The member as a disk source of whatever format sources/ reads (checked)."""
     path = _member_file(pkg, member, stack, spool_dir)
     try:
-        src = stack.enter_context(open_source(path))
+        src = stack.enter_context(open_source(path, input_format=input_format))
         src.check_format()
     except (UnsupportedError, FormatError) as exc:
         if path == member.path:
@@ -522,9 +527,11 @@ def _member_file(pkg: Package, member: Member, stack: contextlib.ExitStack,
 
 def _apply(base: VirtualMachine, overrides: dict[str, object]) -> VirtualMachine:
     overrides = {k: v for k, v in overrides.items() if v is not None}
-    if "annotation" in overrides:  # replaces a carried AnnotationSection
+    # A modeled value given replaces the section carried for it.
+    replaced = {_REPLACES[k] for k in overrides if k in _REPLACES}
+    if replaced:
         base = dataclasses.replace(base, carried=tuple(
-            c for c in base.carried if c.kind != "AnnotationSection"))
+            c for c in base.carried if c.kind not in replaced or c.place != "system"))
     if {"controller", "scsi_type"} & set(overrides) and base.disk_slots:
         # The input's per-disk slots would hide the new default slot.
         base = dataclasses.replace(base, default_slot=base.disk_slots[0], disk_slots=())
