@@ -15,7 +15,8 @@ import pytest
 from lxml import etree
 
 from ovfstream import cli
-from ovfstream.errors import DigestMismatchError, FormatError, TarFormatError, UnsupportedError
+from ovfstream.errors import (DigestMismatchError, FormatError, TarFormatError,
+                              UnsupportedError, UsageError)
 from ovfstream.ova.tar import END_OF_ARCHIVE, encode_header, padding_for
 from ovfstream.ovf.model import Product, Property, VirtualMachine
 from ovfstream.ovf.reader import parse_descriptor_tree
@@ -294,14 +295,14 @@ def test_corpus_unmodeled_sections_survive_and_stay_valid(path, tmp_path):
     pkg = open_package(path)
     try:
         vs, vs_el = _one_system(pkg, desc, root)
-    except Exception:
+    except UnsupportedError:
         pytest.skip("not one OVF 1.x/2.x VirtualSystem")
     if not vs.disks:
         pytest.skip("no attached disk")
     warnings: list[str] = []
     try:
         vm, carried = _vm_of(vs, vs_el, root, vs.disks, "corpus", warnings)
-    except Exception as exc:  # a VM the model cannot hold is refused with a message
+    except UsageError as exc:  # a VM the model cannot hold is refused with a message
         assert "override it with the VM flags" in str(exc)
         return
     for version in ("1.0", "2.0"):
@@ -339,3 +340,23 @@ def test_a_product_override_replaces_the_carried_section(packed, tmp_path):
     assert text.count("<AnnotationSection") == 1 and "<Annotation>new</Annotation>" in text
     assert "<License>You agree.</License>" in text  # still carried
     assert_descriptor_valid(members(out)["p.ovf"])
+
+
+def test_rule_repack_input_a_disk_file_the_package_lacks(packed, tmp_path):
+    _, src = packed
+    hand = tmp_path / "hand.ova"
+    _hand_ova(hand, members(src)["web.ovf"], "other.bin", b"x")
+    with pytest.raises(FormatError) as exc:
+        repack(hand, tmp_path / "out.ova", fsync=False)
+    assert exc.value.rule == "repack.input" and "not in the package" in str(exc.value)
+    assert not (tmp_path / "out.ova").exists()
+
+
+def test_ovf_09_is_refused_clearly(tmp_path):
+    (tmp_path / "old.ovf").write_bytes(
+        b'<?xml version="1.0"?><Envelope xmlns="http://www.vmware.com/schema/ovf/1/envelope">'
+        b'<References/><Content xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+        b'xsi:type="VirtualSystem_Type" id="a"><Info>x</Info></Content></Envelope>')
+    with pytest.raises(UnsupportedError) as exc:
+        repack(tmp_path / "old.ovf", tmp_path / "out.ova", fsync=False)
+    assert "one VirtualSystem" in str(exc.value)
