@@ -360,3 +360,17 @@ def test_ovf_09_is_refused_clearly(tmp_path):
     with pytest.raises(UnsupportedError) as exc:
         repack(tmp_path / "old.ovf", tmp_path / "out.ova", fsync=False)
     assert "one VirtualSystem" in str(exc.value)
+
+
+def test_qcow2_member_is_reencoded_when_a_source_reads_it(packed, tmp_path, qemu_img):
+    disk, src = packed
+    if reader_class("qcow2") is None:
+        pytest.skip("no qcow2 source in sources/")
+    image = tmp_path / "disk.qcow2"
+    assert qemu_img("convert", "-f", "raw", "-O", "qcow2", disk, image).returncode == 0
+    out = tmp_path / "out.ova"
+    result = repack(_with_disk(src, tmp_path, image), out, engine="zlib", fsync=False)
+    assert result.disks[0].encoded is not None
+    vmdk = tmp_path / "out.vmdk"
+    vmdk.write_bytes(members(out)["out-disk1.vmdk"])
+    assert qemu_img("compare", "-f", "raw", "-F", "vmdk", disk, vmdk).returncode == 0
