@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import threading
 import os
 import time
 from dataclasses import dataclass, field
@@ -99,9 +100,10 @@ class VerifyResult:
                 "findings": [f.as_dict() for f in self.findings]}
 
 
-def _hash_members(pkg: Package, members: list[Member], algorithms: set[str]
-                  ) -> dict[str, dict[str, str]]:
-    """{member: {algorithm: hex}} reading each member once in large sequential reads."""
+def hash_members(pkg: Package, members: list[Member], algorithms: set[str], *,
+                 stop: threading.Event | None = None) -> dict[str, dict[str, str]]:
+    """{member: {algorithm: hex}} reading each member once in large sequential reads.
+    A set ``stop`` ends the work early (the result is then incomplete)."""
     out: dict[str, dict[str, str]] = {}
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
@@ -109,7 +111,7 @@ def _hash_members(pkg: Package, members: list[Member], algorithms: set[str]
         hashers = {a: hashlib.new(a) for a in sorted(algorithms)}
         with pkg.open(m) as f:
             left = m.size
-            while left:
+            while left and not (stop is not None and stop.is_set()):
                 n = f.readinto(view[:min(left, _CHUNK)])
                 if not n:
                     raise FormatError("ova.tar.truncated", "member data ends %d bytes early"
@@ -230,7 +232,7 @@ def verify(path: str | os.PathLike[str], *, strict: bool = False, deep: bool = F
     entry_names = {e.name for e in entries}
     to_hash = [m for m in pkg.members if m.name in entry_names]
     algorithms = {e.algorithm for e in entries}
-    digests = _hash_members(pkg, to_hash, algorithms) if to_hash else {}
+    digests = hash_members(pkg, to_hash, algorithms) if to_hash else {}
     result.bytes_hashed = sum(m.size for m in to_hash)
     listed = set()
     for e in entries:

@@ -35,13 +35,16 @@ def derived_ids(disk_key: bytes) -> tuple[str, str, str]:
 
 
 def render_descriptor(*, capacity_sectors: int, file_name: str, disk_key: bytes,
-                      adapter_type: str = "lsilogic") -> bytes:
+                      adapter_type: str = "lsilogic",
+                      ids: tuple[str, str, str] | None = None) -> bytes:
+    """The descriptor text; ``ids`` (CID, longContentID, uuid text) replaces the ones derived
+    from ``disk_key`` (repack carries a copied disk's own)."""
     if adapter_type not in ADAPTER_TYPES:
         raise UsageError("--adapter-type %r: allowed %s" % (adapter_type, ", ".join(ADAPTER_TYPES)))
     if not file_name or any(c in file_name for c in '"\n\r\0') or not file_name.isascii():
         raise UsageError("VMDK file name %r: must be non-empty ASCII without quotes or newlines"
                          % file_name)
-    cid, long_content_id, uuid_text = derived_ids(disk_key)
+    cid, long_content_id, uuid_text = ids if ids is not None else derived_ids(disk_key)
     cylinders, heads, sectors = geometry(capacity_sectors, adapter_type)
     lines = [
         "# Disk DescriptorFile",

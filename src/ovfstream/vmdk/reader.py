@@ -517,7 +517,8 @@ class VmdkReader:
     def _walk(self, *, payloads: bool = True) -> Iterator[tuple[int, int, int, bytes]]:
         """Markers in file order as (event, byte offset, value, payload); raises on bad input.
 
-        Grain: (GRAIN, marker offset, LBA, compressed bytes or b"" when payloads=False).
+        Grain: (GRAIN, marker offset, LBA, compressed bytes; the marker sector when
+        payloads=False).
         GT/GD: (kind, marker offset, data sector, b""). Footer: (FOOTER, marker offset,
         0, footer sector). EOS: (EOS, offset, 0, b"") always last.
         """
@@ -581,8 +582,8 @@ class VmdkReader:
                     else:
                         payload = sector[12:12 + size_field]
                     yield _EV_GRAIN, pos, lba, payload
-                else:
-                    yield _EV_GRAIN, pos, lba, b""
+                else:  # the marker sector (repack reads the size and the payload's head)
+                    yield _EV_GRAIN, pos, lba, sector
                 pos += total
                 self._in.seek(pos)
                 continue
@@ -759,6 +760,20 @@ class VmdkReader:
                 if isinstance(result, FormatError):
                     raise result
                 yield result  # type: ignore[misc]
+
+    def grains(self, *, payloads: bool = True) -> Iterator[tuple[int, int, int, bytes]]:
+        """(LBA, marker offset, compressed size, payload) per stored grain in file order,
+        checked as every walk is (order, bounds, markers, footer, end of stream).
+        payloads=False gives only the payload's first bytes (those in the marker's sector)
+        and reads none of the rest."""
+        for event, pos, value, payload in self._walk(payloads=payloads):
+            if event != _EV_GRAIN:
+                continue
+            if payloads:
+                yield value, pos, len(payload), payload
+            else:
+                size = MARKER.unpack_from(payload, 0)[1]
+                yield value, pos, size, payload[12:12 + size]
 
     def footer(self) -> Header | None:
         """The footer header (GD at end), found by the marker walk; None when there is none."""
