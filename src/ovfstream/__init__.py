@@ -13,6 +13,7 @@ from .extract import ExtractSummary, extract
 from .inspect import InspectResult, inspect
 from .ovf.model import DiskSlot, Nic, Product, Property, VirtualMachine
 from .pack import PackResult, Signer, pack
+from .repack import RepackResult, repack
 from .verify import VerifyResult, verify
 
 
@@ -52,6 +53,7 @@ __version__ = _version()
 __all__ = [
     "__version__",
     "pack", "PackResult", "Signer",
+    "repack", "RepackResult",
     "convert", "ConvertResult",
     "verify", "VerifyResult",
     "inspect", "InspectResult",
