@@ -13,13 +13,16 @@ import os
 import re
 import stat
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Sequence
 
 from .atomic import AtomicFiles, atomic_output, output_kind
+from .cache import SpanCache, open_cache
 from .cert import load_signing_key
 from .engine import get_engine
 from .errors import UsageError
+from .farm import remote_spans
 from .manifest import DIGESTS, manifest_size, render_manifest
 from .ova.writer import FrontMembers, MemberSink, SeekableOvaWriter, StreamingOvaWriter
 from .ovf.model import DiskEntry, VirtualMachine
@@ -147,7 +150,9 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
          parallel: int | None = None, engine: str = "isal", level: int | None = None,
          mtime: int | None = None, signer: Signer | None = None, fsync: bool = True,
          spool_dir: PathLike | None = None, progress: Progress | None = None,
-         inputs: Sequence[PathLike] = (), input_format: str = "auto") -> PackResult:
+         inputs: Sequence[PathLike] = (), input_format: str = "auto",
+         cache: SpanCache | PathLike | None = None, cache_max: int | None = None,
+         executor: Executor | None = None) -> PackResult:
     """Pack raw ``disks`` (boot disk first) into an OVA, an OVA stream or an OVF folder.
 
     ``output``: ``NAME.ova`` (written under a fresh temporary name beside it, renamed on
@@ -166,6 +171,11 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
     and options against it before anything is read: what the target cannot honour is a
     UsageError naming the option and the target, what it ignores a warning in the result.
     Without a target: OVF 1.0, SHA256 and no checks (the output of ``target="generic"``).
+
+    ``cache`` (a folder or a SpanCache): spans found there are not compressed again; the
+    bytes are the same (cache.py).  ``cache_max`` caps the folder after the pack (LRU).
+    ``executor`` (any concurrent.futures.Executor, e.g. a Dask client's): its workers read
+    and encode the spans from the disks' paths, which they must see (farm.py); same bytes.
     """
     started = time.perf_counter()
     if not disks:
@@ -181,6 +191,7 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
         raise UsageError("--ovf-version %r: allowed 1.0, 2.0" % (ovf_version,))
     workers = check_workers(parallel)
     eng = get_engine(engine, level)
+    span_cache = open_cache(cache, cache_max)
     form, shown, stem = _output_form(output)
     if vm is None:
         vm = (VirtualMachine(name=stem) if preset is None
@@ -232,10 +243,15 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
             name = names[i]
             report = None if progress is None else (lambda n, total: progress(name, n, total))
 
+            remote = None if executor is None else remote_spans(
+                executor, path=os.fspath(disks[i]), input_format=input_format,
+                cache_root=span_cache.root if span_cache is not None else None)
+
             def produce(sink: MemberSink) -> DiskStats:
                 disk_stats = write_stream_vmdk(
                     src, sink.write, file_name=names[i], engine=eng, workers=workers,
-                    adapter_type=_adapter_for(slot.controller, slot.scsi_type), progress=report)
+                    adapter_type=_adapter_for(slot.controller, slot.scsi_type), progress=report,
+                    cache=span_cache if executor is None else None, remote=remote)
                 src.check_unchanged()  # before anything is renamed into place or streamed
                 return disk_stats
             return produce
@@ -299,6 +315,8 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
                 for name, data in reversed(front):
                     add_file(name, lambda sink, data=data: sink.write(data))
 
+    if span_cache is not None and span_cache.max_bytes is not None:
+        span_cache.prune()
     files = [PackedFile(name, len(data), _digest_of(data, digest)) for name, data in front_out]
     files += [PackedFile(n, size, d) for n, (size, d) in zip(names, disk_files)]
     if preset is not None and form != "ovf":  # the OVA's size is known only now
