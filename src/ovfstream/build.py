@@ -234,6 +234,11 @@ def pack_many(jobs: str | os.PathLike[str] | Sequence[Job], *,
     settings: dict[str, Any] = {"parallel": parallel, "engine": engine, "level": level,
                                 "input_format": input_format, "fsync": fsync,
                                 "cache": span_cache}
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch is not None:  # this process's, not the workers' environment, as a local pack
+        if not epoch.isdigit():
+            raise UsageError("SOURCE_DATE_EPOCH=%r: allowed a whole number of seconds" % epoch)
+        settings["mtime"] = int(epoch)
     from .engine import get_engine
     from .pipeline import check_workers
     check_workers(parallel)
