@@ -77,13 +77,14 @@ def parse_size(text: str, *, what: str = "--cache-max") -> int:
 
 @dataclass(frozen=True)
 class _Entry:
-    framed: bytearray   # LBAs relative to the span
+    framed: memoryview  # LBAs relative to the span (writable)
     gt_rel: bytes
-    prints: bytearray   # LBAs relative to the span
+    prints: memoryview  # LBAs relative to the span (writable)
     payload: int
 
 
-def _shift_lbas(framed: bytearray, gt_rel: bytes, prints: bytearray, delta: int,
+def _shift_lbas(framed: bytearray | memoryview, gt_rel: bytes, prints: bytearray | memoryview,
+                delta: int,
                 n_grains: int) -> bool:
     """Add ``delta`` to every grain marker's LBA and every fingerprint's LBA, checking on the
     way that the grain table, markers and fingerprints agree; False if they do not."""
@@ -183,10 +184,10 @@ class SpanCache:
             return None
         if xxhash.xxh3_128_digest(view[:body]) != bytes(view[body:]):
             return None
-        at = _HEAD.size
-        framed = data[at:at + n_framed]
-        gt_rel = bytes(data[at + n_framed:at + n_framed + n_gt])
-        prints = data[at + n_framed + n_gt:body]
+        at = _HEAD.size  # views into the one buffer read: no copy of the framed bytes
+        framed = view[at:at + n_framed]
+        gt_rel = bytes(view[at + n_framed:at + n_framed + n_gt])
+        prints = view[at + n_framed + n_gt:body]
         return _Entry(framed, gt_rel, prints, payload)
 
     def store(self, key: bytes, n_grains: int, framed: bytearray, gt_rel: bytes,
