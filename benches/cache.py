@@ -1,7 +1,7 @@
 """Span cache: a rebuild of an OS image in which a few MiB changed, cold against warm.
 
     python benches/cache.py --image /tmp/farm-bench/os.img --work /tmp/farm-bench \
-        [--repeat 5] [--parallel 2] [--change-mib 4] [--command pack|convert]
+        [--repeat 5] [--parallel 2] [--change-mib 4] [--command pack|convert] [--out DIR]
 
 The image (make_image.py) is copied (sparse) to WORK/rebuild.img and packed once with
 ``--cache WORK/cache`` to fill the cache: last night's build.  Each repeat then overwrites
@@ -11,7 +11,8 @@ bytes every repeat, so those spans are misses every time), and runs, interleaved
 - cold: ``ovfstream pack rebuild.img -o cold.ova --parallel N`` (no cache)
 - warm: the same with ``--cache WORK/cache``
 
-Both are subprocesses (wall includes the interpreter start and the output's fsync), so
+Outputs go to ``--out`` (default WORK): a tmpfs there (/dev/shm) takes a shared disk's
+writeback out of the comparison.  Both are subprocesses (wall includes the interpreter start and the output's fsync), so
 they compare what a build farm's job sees.  Both outputs are checked byte-identical on every
 repeat (a fast wrong answer fails).  Prints medians, the speedup, the cache hits and misses
 and the load average before and after (the machine may be shared: the A/B runs interleave).
@@ -91,9 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", type=int, default=2)
     p.add_argument("--change-mib", type=int, default=4)
     p.add_argument("--command", choices=("pack", "convert"), default="pack")
+    p.add_argument("--out", type=Path, default=None, help="where the outputs go (default WORK)")
     a = p.parse_args(argv)
     work = a.work
     work.mkdir(parents=True, exist_ok=True)
+    outs = a.out or work
     img = work / "rebuild.img"
     subprocess.run(["cp", "--sparse=always", str(a.image), str(img)], check=True)
     extents = _data_extents(img)
@@ -101,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(cache, ignore_errors=True)
     ext = ".ova" if a.command == "pack" else ".vmdk"
     for d in ("cold", "warm"):
-        (work / d).mkdir(exist_ok=True)
+        (outs / d).mkdir(parents=True, exist_ok=True)
     common = ["--parallel", str(a.parallel)]
     # last night's build fills the cache
-    _run([a.command, str(img), "-o", str(work / "warm" / ("x" + ext)), *common,
+    _run([a.command, str(img), "-o", str(outs / "warm" / ("x" + ext)), *common,
           "--cache", str(cache)])
     load_before = os.getloadavg()
     cold_s, warm_s, hits = [], [], []
@@ -115,14 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         if r % 2:
             runs.reverse()  # interleave A/B, alternating which goes first
         for name, extra in runs:
-            wall, doc = _run([a.command, str(img), "-o", str(work / name / ("x" + ext)),
+            wall, doc = _run([a.command, str(img), "-o", str(outs / name / ("x" + ext)),
                               *common, *extra])
             (cold_s if name == "cold" else warm_s).append(wall)
             cpu[name].append(doc["_cpu_s"])
             if name == "warm":
                 stats = doc["disks"][0] if a.command == "pack" else doc
                 hits.append((stats["cache"]["hits"], stats["cache"]["misses"]))
-        same = (work / "cold" / ("x" + ext)).read_bytes() == (work / "warm" / ("x" + ext)).read_bytes()
+        same = ((outs / "cold" / ("x" + ext)).read_bytes()
+                == (outs / "warm" / ("x" + ext)).read_bytes())
         if not same:
             raise SystemExit("repeat %d: warm output differs from the cold output" % r)
         print("repeat %d: cold %.2f s (cpu %.2f), warm %.2f s (cpu %.2f), hits/misses %s"
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     cold, warm = statistics.median(cold_s), statistics.median(warm_s)
     print(json.dumps({
         "command": a.command, "parallel": a.parallel, "change_mib": a.change_mib,
-        "data_bytes": sum(e - s for s, e in extents), "repeat": a.repeat,
+        "data_bytes": sum(e - s for s, e in extents), "repeat": a.repeat, "outputs": str(outs),
         "cold_median_s": round(cold, 3), "warm_median_s": round(warm, 3),
         "speedup": round(cold / warm, 2),
         "cold_cpu_median_s": round(statistics.median(cpu["cold"]), 3),

@@ -36,7 +36,7 @@ import threading
 import time
 from array import array
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import xxhash
 
@@ -75,8 +75,28 @@ def parse_size(text: str, *, what: str = "--cache-max") -> int:
     return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
+def _read_fully(fd: int, views: list[memoryview], offset: int) -> bool:
+    """Fill ``views`` from ``offset`` on; False at an early end of file."""
+    want = sum(v.nbytes for v in views)
+    got = 0
+    while got < want:
+        rest, skip = [], got
+        for v in views:
+            if skip >= v.nbytes:
+                skip -= v.nbytes
+                continue
+            rest.append(v[skip:])
+            skip = 0
+        n = os.preadv(fd, rest, offset + got)
+        if n == 0:
+            return False
+        got += n
+    return True
+
+
 @dataclass(frozen=True)
 class _Entry:
+    buffer: Any         # what holds the framed bytes at its start
     framed: memoryview  # LBAs relative to the span (writable)
     gt_rel: bytes
     prints: memoryview  # LBAs relative to the span (writable)
@@ -151,8 +171,11 @@ class SpanCache:
 
     # -- entries ---------------------------------------------------------------------------
 
-    def load(self, key: bytes, n_grains: int) -> _Entry | None:
-        """The entry for ``key`` if it exists and checks out, else None."""
+    def load(self, key: bytes, n_grains: int,
+             take_buffer: Callable[[], Any] | None = None) -> _Entry | None:
+        """The entry for ``key`` if it exists and checks out, else None.  The framed bytes
+        are read to the start of ``take_buffer()`` (the writer's pooled span buffers: no
+        fresh pages per hit), else of a new bytearray."""
         path = self.path_for(key)
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | os.O_NOFOLLOW)
@@ -162,33 +185,32 @@ class SpanCache:
             size = os.fstat(fd).st_size
             if not _HEAD.size + _DIGEST_BYTES <= size <= _MAX_ENTRY:
                 return None
-            data = bytearray(size)
-            view = memoryview(data)
-            got = 0
-            while got < size:
-                n = os.preadv(fd, [view[got:]], got)
-                if n == 0:
-                    return None
-                got += n
+            head = os.pread(fd, _HEAD.size, 0)
+            if len(head) != _HEAD.size:
+                return None
+            magic, stored_key, version, grains, n_framed, n_gt, n_prints, payload = \
+                _HEAD.unpack(head)
+            if (magic != _MAGIC or stored_key != key or version != FRAMING_VERSION
+                    or grains != n_grains or n_framed > _MAX_FRAMED or n_framed % L.SECTOR
+                    or n_gt != 4 * n_grains or n_prints > 16 * n_grains or n_prints % 16
+                    or _HEAD.size + n_framed + n_gt + n_prints + _DIGEST_BYTES != size):
+                return None
+            buffer = take_buffer() if take_buffer is not None else bytearray(n_framed)
+            framed = memoryview(buffer)[:n_framed]
+            tail = bytearray(n_gt + n_prints + _DIGEST_BYTES)
+            if not _read_fully(fd, [framed, memoryview(tail)], _HEAD.size):
+                return None
         except OSError:
             return None
         finally:
             os.close(fd)
-        magic, stored_key, version, grains, n_framed, n_gt, n_prints, payload = \
-            _HEAD.unpack_from(data)
-        body = _HEAD.size + n_framed + n_gt + n_prints
-        if (magic != _MAGIC or stored_key != key or version != FRAMING_VERSION
-                or grains != n_grains or n_framed > _MAX_FRAMED or n_framed % L.SECTOR
-                or n_gt != 4 * n_grains or n_prints > 16 * n_grains or n_prints % 16
-                or body + _DIGEST_BYTES != size):
+        digest = xxhash.xxh3_128(head)
+        digest.update(framed)
+        digest.update(memoryview(tail)[:-_DIGEST_BYTES])
+        if digest.digest() != bytes(tail[-_DIGEST_BYTES:]):
             return None
-        if xxhash.xxh3_128_digest(view[:body]) != bytes(view[body:]):
-            return None
-        at = _HEAD.size  # views into the one buffer read: no copy of the framed bytes
-        framed = view[at:at + n_framed]
-        gt_rel = bytes(view[at + n_framed:at + n_framed + n_gt])
-        prints = view[at + n_framed + n_gt:body]
-        return _Entry(framed, gt_rel, prints, payload)
+        return _Entry(buffer, framed, bytes(tail[:n_gt]),
+                      memoryview(tail)[n_gt:n_gt + n_prints], payload)
 
     def store(self, key: bytes, n_grains: int, framed: bytearray, gt_rel: bytes,
               prints: bytearray, payload: int) -> None:
@@ -308,18 +330,19 @@ class CacheSession:
         return hasher.digest()
 
     def encode(self, view: memoryview, first_lba: int, n_grains: int,
-               compress: Compress) -> Encoded:
-        """``compress(view, first_lba, n_grains)``'s result, from the cache when it has it."""
+               compress: Compress, take_buffer: Callable[[], Any] | None = None) -> Encoded:
+        """``compress(view, first_lba, n_grains)``'s result, from the cache when it has it
+        (its framed bytes then at the start of ``take_buffer()``, else of a bytearray)."""
         if not self.enabled:
             return compress(view, first_lba, n_grains)
         key = self.key(view, n_grains)
-        entry = self.cache.load(key, n_grains)
+        entry = self.cache.load(key, n_grains, take_buffer)
         if entry is not None and _shift_lbas(entry.framed, entry.gt_rel, entry.prints,
                                              first_lba, n_grains):
             self.cache.touch(key)
             with self._lock:
                 self.hits += 1
-            return entry.framed, len(entry.framed), entry.gt_rel, bytes(entry.prints), \
+            return entry.buffer, entry.framed.nbytes, entry.gt_rel, bytes(entry.prints), \
                 entry.payload
         result = compress(view, first_lba, n_grains)
         out, n, gt_rel, prints, payload = result

@@ -223,7 +223,7 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
         first_lba = plan.index * L.SPAN_GRAINS * L.GRAIN_SECTORS
         if session is not None:  # a hit skips compress_span only
             return (plan, *session.encode(view, first_lba, plan.n_grains,  # type: ignore[return-value]
-                                          compress_span))
+                                          compress_span, take_buffer))
         return (plan, *compress_span(view, first_lba, plan.n_grains))
 
     content_id = ContentId(source.capacity_sectors)
