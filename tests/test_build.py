@@ -165,3 +165,13 @@ def test_jobs_file_shape(tmp_path, text, message):
     (tmp_path / "j.toml").write_text(text)
     with pytest.raises(UsageError, match=message):
         load_jobs(tmp_path / "j.toml")
+
+
+def test_errors_cross_process_boundaries_whole():
+    """A worker's FormatError reaches the client with its rule, file and offset."""
+    import pickle
+    from ovfstream.sources.base import SourceChangedError
+    exc = SourceChangedError("source.changed", "shrank", path="/x/a.raw", offset=4096)
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is SourceChangedError and str(back) == str(exc)
+    assert (back.rule, back.path, back.offset) == ("source.changed", "/x/a.raw", 4096)
