@@ -14,8 +14,7 @@ import pytest
 
 import ovfstream
 from ovfstream import cli
-from ovfstream.cache import SpanCache, parse_size
-from ovfstream.errors import UsageError
+from ovfstream.cache import SpanCache
 
 from ovfs_testlib import MIB, write_disk
 
@@ -205,10 +204,3 @@ def test_cli_cache_stats_prune_and_flags(make_disk, tmp_path, capsys):
     (tmp_path / "file").write_bytes(b"")
     assert cli.main(["convert", str(raw), "-o", str(tmp_path / "b.vmdk"), "--cache",
                      str(tmp_path / "file")]) == 2
-
-
-def test_parse_size():
-    assert parse_size("20G") == 20 << 30 and parse_size("512m") == 512 << 20
-    assert parse_size("4096") == 4096 and parse_size("1.5KiB") == 1536
-    with pytest.raises(UsageError, match="--cache-max"):
-        parse_size("-1")

@@ -44,7 +44,7 @@ from .atomic import TEMP_SUFFIX, atomic_output
 from .errors import UsageError
 from .vmdk import layout as L
 
-__all__ = ["SpanCache", "CacheSession", "parse_size", "FRAMING_VERSION", "open_cache"]
+__all__ = ["SpanCache", "CacheSession", "FRAMING_VERSION", "open_cache"]
 
 # Bump when the framed bytes of a span change for the same engine output (marker layout,
 # padding, the grain table's meaning): old entries then simply stop matching.
@@ -59,20 +59,10 @@ _SUBDIR = "spans-v1"
 _ENTRY_RE = re.compile(r"^[0-9a-f]{30}\.span$")
 # A temporary older than this belongs to a process that died mid-write.
 _STALE_TEMP_SECONDS = 3600
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 # (framed buffer, bytes of it used, gt_rel, prints, payload bytes): what span encoders return
 Encoded = tuple[object, int, bytes, bytes, int]
 Compress = Callable[[memoryview, int, int], Encoded]
-
-
-def parse_size(text: str, *, what: str = "--cache-max") -> int:
-    """'20G', '512M', '1.5T', '4096' -> bytes (binary units; 'iB'/'B' allowed)."""
-    m = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:i?B)?\s*", str(text), re.I)
-    if m is None:
-        raise UsageError("%s %r: allowed a size such as 500M, 20G or a number of bytes"
-                         % (what, text))
-    return int(float(m.group(1)) * _UNITS[m.group(2).upper()])
 
 
 def _read_fully(fd: int, views: list[memoryview], offset: int) -> bool:

@@ -45,15 +45,34 @@ def _common(p: argparse.ArgumentParser, *, engine: bool = True) -> None:
                        help="auto (default): detect by content (raw, qcow2, vmdk, vhd/vpc, "
                             "vhdx, zstd) and refuse what is not read (VDI, LUKS, gzip...); raw: "
                             "take the bytes as they are; a format name: insist on it")
+        p.add_argument("--size", type=_size_arg, default=None, metavar="BYTES",
+                       help="the virtual size of a disk read from standard input (-), or of "
+                            "a zstd image whose frames do not record it; bytes, or with a "
+                            "binary K, M, G or T suffix (1K = 1024)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar, no summary")
+
+
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _size_arg(text: str) -> int:
+    """--size: a whole number of bytes, or with a binary K/M/G/T suffix (64M = 64 MiB)."""
+    digits = text.strip()
+    unit = digits[-1:].upper() if digits[-1:].isalpha() else ""
+    if unit:
+        digits = digits[:-1]
+    if unit not in _SIZE_UNITS or not digits.isdigit() or not digits.isascii():
+        raise argparse.ArgumentTypeError("%r: allowed a whole number of bytes, optionally "
+                                         "with a K, M, G or T suffix (binary)" % text)
+    return int(digits) * _SIZE_UNITS[unit]
 
 
 def _cache_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", metavar="DIR",
                    help="span cache folder: spans whose raw bytes it holds are not compressed "
                         "again (same output bytes); may be shared by concurrent runs")
-    p.add_argument("--cache-max", metavar="SIZE",
+    p.add_argument("--cache-max", metavar="SIZE", type=_size_arg,
                    help="after the run, delete the least recently used cache entries until "
                         "the folder holds at most SIZE (e.g. 20G)")
 
@@ -78,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     target_names_text = ", ".join(target_names())
 
     p = sub.add_parser("convert", help="raw image -> bare stream-optimized VMDK")
-    p.add_argument("source", help="raw disk image (file or block device)")
+    p.add_argument("source", help="disk image (file or block device), or - for a raw disk on "
+                                  "standard input (with --size)")
     p.add_argument("-o", "--output", required=True, help="DST.vmdk")
     p.add_argument("--adapter-type", default="lsilogic",
                    choices=("lsilogic", "buslogic", "ide", "legacyESX"),
@@ -87,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("pack", help="raw disks + VM description -> OVA, OVA stream or OVF folder")
-    p.add_argument("disks", nargs="+", metavar="DISK", help="raw disk images, boot disk first")
+    p.add_argument("disks", nargs="+", metavar="DISK",
+                   help="disk images, boot disk first; - reads one from standard input "
+                        "(with --size)")
     p.add_argument("-o", "--output", required=True,
                    help="NAME.ova, DIR/NAME.ovf (folder form) or - (OVA on stdout)")
     p.add_argument("--spec", help="VM description file (.toml, .yaml, .json); flags override it")
@@ -138,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     c = csub.add_parser("prune", help="delete least recently used entries down to --max")
     c.add_argument("folder", metavar="DIR")
-    c.add_argument("--max", metavar="SIZE", default=None,
+    c.add_argument("--max", metavar="SIZE", default=None, type=_size_arg,
                    help="keep at most SIZE (e.g. 20G; 0 empties it); without it only stale "
                         "temporaries go")
     c.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -218,7 +240,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         report = None if bars is None else (lambda n, total: bars(label, n, total))
         result = convert(args.source, args.output, parallel=args.parallel, engine=args.engine,
                          level=args.level, adapter_type=args.adapter_type, progress=report,
-                         input_format=args.input_format, **_cache_args(args))
+                         input_format=args.input_format, size=args.size,
+                         **_cache_args(args))
     if args.json:
         _emit_json(result.as_dict())
     elif not args.quiet:
@@ -291,7 +314,7 @@ def _cmd_pack(args: argparse.Namespace) -> int:
                       digest=args.digest, parallel=args.parallel, engine=args.engine,
                       level=args.level, signer=signer, spool_dir=args.spool_dir, progress=bars,
                       inputs=also_read, input_format=args.input_format, target=target,
-                      executor=executor, **_cache_args(args))
+                      size=args.size, executor=executor, **_cache_args(args))
     if args.json:
         doc = result.as_dict()
         if args.output == "-":  # stdout carries the OVA: the JSON goes to stderr
@@ -314,11 +337,9 @@ def _cmd_pack(args: argparse.Namespace) -> int:
 
 
 def _cache_args(args: argparse.Namespace) -> dict[str, Any]:
-    from .cache import parse_size
     if args.cache_max is not None and args.cache is None:
         raise UsageError("--cache-max needs --cache DIR")
-    return {"cache": args.cache,
-            "cache_max": parse_size(args.cache_max) if args.cache_max is not None else None}
+    return {"cache": args.cache, "cache_max": args.cache_max}
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
@@ -331,7 +352,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         report = _job_reporter(args, stack)
         result = pack_many(args.jobs, executor=executor, parallel=args.parallel,
                            engine=args.engine, level=args.level,
-                           input_format=args.input_format, on_done=report, **cache)
+                           input_format=args.input_format, size=args.size, on_done=report,
+                           **cache)
     if args.json:
         _emit_json(result.as_dict())
     elif not args.quiet:
@@ -365,15 +387,14 @@ def _job_reporter(args: argparse.Namespace, stack: contextlib.ExitStack) -> Any:
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from .cache import SpanCache, parse_size
+    from .cache import SpanCache
     if not os.path.isdir(args.folder):
         raise UsageError("cache %s: %s is not a folder" % (args.cache_command, args.folder))
     cache = SpanCache(args.folder)
     if args.cache_command == "stats":
         doc = {"operation": "cache stats", **cache.stats()}
     else:
-        cap = parse_size(args.max, what="--max") if args.max is not None else None
-        doc = {"operation": "cache prune", **cache.prune(cap)}
+        doc = {"operation": "cache prune", **cache.prune(args.max)}
     if args.json:
         _emit_json(doc)
     else:

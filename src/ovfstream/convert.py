@@ -34,12 +34,15 @@ def convert(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
             parallel: int | None = None, engine: str = "isal", level: int | None = None,
             adapter_type: str = "lsilogic", fsync: bool = True,
             progress: Callable[[int, int], None] | None = None,
-            input_format: str = "auto", cache: SpanCache | str | os.PathLike[str] | None = None,
+            input_format: str = "auto", size: int | None = None,
+            cache: SpanCache | str | os.PathLike[str] | None = None,
             cache_max: int | None = None) -> ConvertResult:
     """Convert a raw image (file or block device) into a stream-optimized VMDK.
 
     ``input_format="auto"`` refuses a qcow2, VMDK, VHD(X), compressed or other container
     (UnsupportedError, rule ``source.format``); ``"raw"`` takes the bytes as they are.
+    ``source`` ``"-"`` reads a raw disk of ``size`` bytes from standard input; ``size`` is
+    also the size of a zstd image whose frames do not record it (sources/stdin.py, zst.py).
 
     Writes a fresh temporary beside ``output`` and renames it on success; a failure leaves
     no ``output``.  ``output`` may not be the source (UsageError); ``/dev/null`` discards.
@@ -55,7 +58,7 @@ def convert(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
     if out == "-":
         raise UsageError("convert -o -: a bare VMDK is written to a file; use pack -o - to stream")
     name = os.path.basename(out)
-    with open_source(source, input_format=input_format) as src:
+    with open_source(source, input_format=input_format, size=size) as src:
         read = Inputs()
         for f in src.files:
             read.add(f.path, f.stat)

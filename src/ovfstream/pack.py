@@ -151,6 +151,7 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
          mtime: int | None = None, signer: Signer | None = None, fsync: bool = True,
          spool_dir: PathLike | None = None, progress: Progress | None = None,
          inputs: Sequence[PathLike] = (), input_format: str = "auto",
+         size: int | None = None,
          cache: SpanCache | PathLike | None = None, cache_max: int | None = None,
          executor: Executor | None = None) -> PackResult:
     """Pack raw ``disks`` (boot disk first) into an OVA, an OVA stream or an OVF folder.
@@ -160,7 +161,8 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
     all renamed into place together at the end; a stale NAME.cert of an earlier signed pack is
     removed), or a writable binary file object (the OVA streamed in order).  Member names
     derive from NAME (``appliance`` for a stream).  The tar mtime is ``mtime``, else
-    $SOURCE_DATE_EPOCH, else the newest input's mtime: same inputs and settings, same bytes.
+    $SOURCE_DATE_EPOCH, else the newest input's mtime (0 for standard input, which has
+    none): same inputs and settings, same bytes.
 
     No output may be one of the disks or of ``inputs`` (other files this pack read: spec,
     key, certificate): UsageError.  A disk that changes while it is read fails the pack
@@ -171,6 +173,10 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
     and options against it before anything is read: what the target cannot honour is a
     UsageError naming the option and the target, what it ignores a warning in the result.
     Without a target: OVF 1.0, SHA256 and no checks (the output of ``target="generic"``).
+
+    A disk ``"-"`` is a raw disk of ``size`` bytes read from standard input (once: at most one
+    ``"-"``; its tar mtime is 0, see above); ``size`` is also the size of every zstd disk whose
+    frames do not record it, and must agree with those whose frames do.
 
     ``cache`` (a folder or a SpanCache): spans found there are not compressed again; the
     bytes are the same (cache.py).  ``cache_max`` caps the folder after the pack (LRU).
@@ -189,6 +195,8 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
         raise UsageError("--digest %r: allowed %s" % (digest, ", ".join(DIGESTS)))
     if ovf_version not in ("1.0", "2.0"):
         raise UsageError("--ovf-version %r: allowed 1.0, 2.0" % (ovf_version,))
+    if sum(os.fspath(d) == "-" for d in disks) > 1:
+        raise UsageError("pack: standard input (-) can be read as one disk only")
     workers = check_workers(parallel)
     eng = get_engine(engine, level)
     span_cache = open_cache(cache, cache_max)
@@ -204,7 +212,8 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
                               disks=len(disks), stem=stem)
 
     with contextlib.ExitStack() as stack:
-        sources = [stack.enter_context(open_source(d, input_format=input_format)) for d in disks]
+        sources = [stack.enter_context(open_source(d, input_format=input_format, size=size))
+                   for d in disks]
         if mtime is None:
             mtime = _default_mtime(sources)
         names = ["%s-disk%d.vmdk" % (stem, i + 1) for i in range(len(sources))]

@@ -62,7 +62,7 @@ def open_source(path: str | os.PathLike[str], *, input_format: str = "auto",
         cls = reader_class("stdin")
         if cls is None:
             raise UsageError("-: reading a disk from standard input is not supported yet")
-        return cls(name, size=size)  # type: ignore[call-arg]
+        return cls(name, size=size, input_format=input_format)  # type: ignore[call-arg]
     if input_format == "raw":
         return RawSource(name, input_format="raw")
     probe = RawSource(name, input_format=input_format)

@@ -200,6 +200,10 @@ class DiskSource:
             hasher.update(self.read_at(start, min(GRAIN_BYTES, self.size_bytes - start)))
         return hasher.digest()
 
+    def stop(self) -> None:
+        """The writer gives up before the last span: a sequential source wakes the workers
+        waiting for their turn; a random-access one has nothing to do."""
+
     # -- checks ----------------------------------------------------------------------------
 
     def check_format(self) -> None:

@@ -15,7 +15,7 @@ A qcow2, VMDK, VHD(X), VDI, QED, Parallels, LUKS, compressed or tar file handed 
 * QED: ``QED\\0`` at 0; Parallels: ``WithoutFreeSpace``/``WithouFreSpacExt`` at 0;
 * LUKS: ``LUKS\\xba\\xbe`` at 0 (cryptsetup on-disk format) -- also what a whole-disk LUKS
   guest looks like, hence the ``--input-format raw`` hint;
-* zstd ``28 b5 2f fd``, gzip ``1f 8b 08``, xz ``fd 37 7a 58 5a 00``, bzip2 ``BZh1..9`` +
+* zstd ``28 b5 2f fd`` (or a skippable frame ``5? 2a 4d 18``, as pzstd writes), gzip ``1f 8b 08``, xz ``fd 37 7a 58 5a 00``, bzip2 ``BZh1..9`` +
   block magic; ustar ``ustar`` at 257 (an OVA is a tar).
 
 The probe reads at most the first 4 KiB and the last 512 bytes: a hole costs nothing.
@@ -81,6 +81,8 @@ def _head_format(head: bytes) -> ImageFormat | None:
         return ImageFormat("luks", "LUKS header")
     if head[:4] == b"\x28\xb5\x2f\xfd":
         return ImageFormat("zstd", "zstandard frame")
+    if head[1:4] == b"\x2a\x4d\x18" and head[0] & 0xF0 == 0x50:  # pzstd starts with one
+        return ImageFormat("zstd", "zstandard skippable frame")
     if head[:3] == b"\x1f\x8b\x08":
         return ImageFormat("gzip", "gzip stream")
     if head[:6] == b"\xfd7zXZ\x00":

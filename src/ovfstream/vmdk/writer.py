@@ -233,10 +233,10 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
     writer.start()
     # One span queued beyond the running ones keeps every core busy while the writer drains
     # in order; each span in flight holds a framed buffer of up to 33 MB, so no more.
+    results = (remote(source, engine) if remote is not None else
+               ordered_map(encode, source.spans(), workers=workers, window=workers + 1))
     try:
-        encoded = (remote(source, engine) if remote is not None else
-                   ordered_map(encode, source.spans(), workers=workers, window=workers + 1))
-        for plan, framed, n_framed, gt_rel, prints, payload in encoded:
+        for plan, framed, n_framed, gt_rel, prints, payload in results:
             with memoryview(framed) as used:
                 writer.add_span(plan.index, used[:n_framed], gt_rel)
             if isinstance(framed, mmap.mmap):
@@ -252,7 +252,13 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
             payload_total += payload
             if progress is not None:
                 progress(sum(end - start for start, end in plan.extents), source.data_bytes)
+    except BaseException:
+        # Before the pipeline joins its threads: a sequential source's workers may be
+        # waiting for a span whose turn will never come (sources/sequential.py).
+        source.stop()
+        raise
     finally:
+        results.close()  # joins every worker before their buffers go
         for buffer in pool:
             buffer.close()
     writer.finish()
