@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import pytest
 
 import ovfstream
 from ovfstream import cli
+from ovfstream.build import pack_many
 from ovfstream.farm import WorkerLostError, open_executor
 
 from ovfs_testlib import MIB, write_disk
@@ -132,6 +135,46 @@ def test_a_worker_killed_mid_pack(cluster, tmp_path):
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".partial")]
     client.wait_for_workers(2, timeout=30)  # the nanny restarts the killed worker
     assert pids[0] not in client.run(os.getpid).values()
+
+
+def test_a_worker_killed_mid_build_job(cluster, tmp_path):
+    """Kill the worker running a whole job: Dask reruns the job on the other worker (same
+    bytes as a local pack) or reports it failed; no output and no temporary is left over."""
+    lc, client = cluster
+    client.wait_for_workers(2, timeout=30)
+    raw = write_disk(tmp_path / "big.raw", 16 * 32 * MIB,
+                     [(i * 32 * MIB, "text", MIB) for i in range(16)])
+    local = _local_pack(raw, tmp_path / "local" / "a.ova", engine="zlib", parallel=1)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "jobs.json").write_text(json.dumps(
+        {"appliance": [{"output": "out/a.ova", "disks": ["big.raw"]}]}))
+    pids = client.run(os.getpid)
+    killed: list[int] = []
+
+    def kill_the_busy_worker() -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not killed:
+            busy = [w for w, tasks in client.processing().items() if tasks]
+            if busy and list((tmp_path / "out").glob(".a.ova.*.partial")):
+                killed.append(pids[busy[0]])
+                os.kill(pids[busy[0]], signal.SIGKILL)
+            time.sleep(0.02)
+    killer = threading.Thread(target=kill_the_busy_worker)
+    killer.start()
+    try:
+        with open_executor(_address(lc)) as executor:
+            result = pack_many(tmp_path / "jobs.json", executor=executor, engine="zlib",
+                               parallel=1, fsync=False)
+    finally:
+        killer.join()
+    assert killed, "the job ended before a worker could be killed"
+    outcome = result.jobs[0]
+    if outcome.ok:
+        assert (tmp_path / "out" / "a.ova").read_bytes() == local
+    else:
+        assert outcome.kind == "worker" and not (tmp_path / "out" / "a.ova").exists()
+    assert not list((tmp_path / "out").glob(".*.partial"))
+    client.wait_for_workers(2, timeout=30)
 
 
 def test_spread_over_a_process_pool_too(make_disk, tmp_path):

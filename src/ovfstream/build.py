@@ -250,9 +250,10 @@ def pack_many(jobs: str | os.PathLike[str] | Sequence[Job], *,
         try:
             outcome = JobOutcome(job, True, result=get())
         except expected as exc:
-            _remove_orphans(job)
             outcome = JobOutcome(job, False, error=str(exc) or type(exc).__name__,
                                  kind=_kind(exc))
+        if executor is not None:  # an attempt on a worker that died may have left one
+            _remove_orphans(job)
         outcomes.append(outcome)
         if on_done is not None:
             on_done(outcome)
