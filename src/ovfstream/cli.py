@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Iterator, Sequence
 
 from . import __version__
@@ -398,8 +399,12 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     if args.json:
         _emit_json(doc)
     else:
-        sys.stdout.write("".join("%-12s %s\n" % (key, value) for key, value in doc.items()
-                                 if key != "operation"))
+        def shown(key: str, value: object) -> object:
+            if key.endswith("_use") and isinstance(value, float):  # an mtime: when last used
+                return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+            return value
+        sys.stdout.write("".join("%-12s %s\n" % (key, shown(key, value))
+                                 for key, value in doc.items() if key != "operation"))
     return EXIT_OK
 
 
