@@ -37,10 +37,10 @@ def convert(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
             input_format: str = "auto", size: int | None = None,
             cache: SpanCache | str | os.PathLike[str] | None = None,
             cache_max: int | None = None) -> ConvertResult:
-    """Convert a raw image (file or block device) into a stream-optimized VMDK.
+    """Convert a disk image (raw file or block device, qcow2...) into a stream-optimized VMDK.
 
-    ``input_format="auto"`` refuses a qcow2, VMDK, VHD(X), compressed or other container
-    (UnsupportedError, rule ``source.format``); ``"raw"`` takes the bytes as they are.
+    ``input_format="auto"`` reads the formats sources/ has a reader for and refuses any other
+    container (UnsupportedError, rule ``source.format``); ``"raw"`` takes the bytes as they are.
     ``source`` ``"-"`` reads a raw disk of ``size`` bytes from standard input; ``size`` is
     also the size of a zstd image whose frames do not record it (sources/stdin.py, zst.py).
 

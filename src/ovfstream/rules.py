@@ -11,7 +11,7 @@ from .verify import RULES as VERIFY_RULES  # the package attribute `verify` is t
 from .ova import tar
 from .ovf import reader as ovf_reader
 from .ovf import validate as ovf_validate
-from .sources import base, detect, stdin, zst
+from .sources import base, detect, qcow2, stdin, zst
 from .vmdk import reader as vmdk_reader
 
 __all__ = ["ALL_RULES", "render_markdown"]
@@ -26,6 +26,7 @@ SECTIONS: tuple[tuple[str, dict[str, str]], ...] = (
     ("OVF structure, verify --strict (ovf/validate.py)", ovf_validate.RULES),
     ("Input formats (sources/detect.py)", detect.RULES),
     ("Disk sources read by pack and convert (sources/base.py)", base.RULES),
+    ("qcow2 inputs (sources/qcow2.py)", qcow2.RULES),
     ("zstd-compressed raw disks (sources/zst.py)", zst.RULES),
     ("Raw disks on standard input (sources/stdin.py)", stdin.RULES),
 )

@@ -14,6 +14,7 @@ closing are shared here.
 
 from __future__ import annotations
 
+import bisect
 import os
 import stat
 import struct
@@ -170,13 +171,28 @@ class DiskSource:
         """``length`` bytes of the virtual disk at ``offset`` (zeros outside the extents);
         a random-access read, for the sample key.  Sequential sources override it."""
         out = bytearray(length)
-        view = memoryview(out)
-        end = offset + length
-        for start, stop in self.extents:
+        self.read_into(offset, memoryview(out), zeroed=True)
+        return bytes(out)
+
+    def read_into(self, offset: int, view: memoryview, *, zeroed: bool = False) -> None:
+        """Fill ``view`` with the virtual disk's bytes at ``offset`` (zeros outside the
+        extents; ``zeroed``: the caller's buffer is zeros already).  An overlay (qcow2) reads
+        its backing file through this."""
+        end = offset + len(view)
+        filled = offset
+        extents = self.extents
+        for i in range(max(0, bisect.bisect_right(extents, (offset,)) - 1), len(extents)):
+            start, stop = extents[i]
+            if start >= end:
+                break
             lo, hi = max(start, offset), min(stop, end)
             if lo < hi:
+                if not zeroed and lo > filled:
+                    view[filled - offset:lo - offset] = ZEROS[:lo - filled]
                 self._read_extent(lo, view[lo - offset:hi - offset])
-        return bytes(out)
+                filled = hi
+        if not zeroed and filled < end:
+            view[filled - offset:] = ZEROS[:end - filled]
 
     def sample_key(self, **settings: object) -> bytes:
         """A 16-byte key for the IDs in the VMDK descriptor, known before the data streams.
