@@ -11,7 +11,7 @@ from .verify import RULES as VERIFY_RULES  # the package attribute `verify` is t
 from .ova import tar
 from .ovf import reader as ovf_reader
 from .ovf import validate as ovf_validate
-from .sources import base, detect, qcow2, stdin, zst
+from .sources import base, detect, qcow2, stdin, vhd, vhdx, zst
 from .vmdk import reader as vmdk_reader
 
 __all__ = ["ALL_RULES", "render_markdown"]
@@ -29,6 +29,8 @@ SECTIONS: tuple[tuple[str, dict[str, str]], ...] = (
     ("qcow2 inputs (sources/qcow2.py)", qcow2.RULES),
     ("zstd-compressed raw disks (sources/zst.py)", zst.RULES),
     ("Raw disks on standard input (sources/stdin.py)", stdin.RULES),
+    ("VHD inputs (sources/vhd.py)", vhd.RULES),
+    ("VHDX inputs (sources/vhdx.py)", vhdx.RULES),
 )
 
 ALL_RULES: dict[str, str] = {rule: text for _, rules in SECTIONS for rule, text in rules.items()}

@@ -28,7 +28,7 @@ from ..regular import open_regular_fd
 from ..vmdk.layout import GRAIN_BYTES, SPAN_BYTES, SPAN_GRAINS, capacity_sectors_for
 
 __all__ = ["DiskSource", "OpenFile", "SpanPlan", "Extent", "SourceChangedError", "RULES",
-           "ZEROS", "plan_spans"]
+           "ZEROS", "fill_zeros", "plan_spans"]
 
 RULES = {
     "source.changed": "a disk image changed while it was read (shrank, grew, or was "
@@ -100,6 +100,13 @@ class SpanPlan:
     index: int            # span number (GD entry)
     n_grains: int         # grains of virtual disk in this span (512 but for the last span)
     extents: tuple[Extent, ...]  # data ranges inside the span, relative to the span start
+
+
+def fill_zeros(view: memoryview) -> None:
+    """Fill ``view`` (of any length) with zeros, 32 MiB at a time."""
+    for start in range(0, len(view), SPAN_BYTES):
+        piece = view[start:start + SPAN_BYTES]
+        piece[:] = ZEROS[:len(piece)]
 
 
 def plan_spans(extents: Iterable[Extent], n_grains: int) -> list[SpanPlan]:
@@ -188,11 +195,11 @@ class DiskSource:
             lo, hi = max(start, offset), min(stop, end)
             if lo < hi:
                 if not zeroed and lo > filled:
-                    view[filled - offset:lo - offset] = ZEROS[:lo - filled]
+                    fill_zeros(view[filled - offset:lo - offset])
                 self._read_extent(lo, view[lo - offset:hi - offset])
                 filled = hi
         if not zeroed and filled < end:
-            view[filled - offset:] = ZEROS[:end - filled]
+            fill_zeros(view[filled - offset:])
 
     def sample_key(self, **settings: object) -> bytes:
         """A 16-byte key for the IDs in the VMDK descriptor, known before the data streams.

@@ -20,7 +20,7 @@ from ..errors import UsageError
 from .base import DiskSource, Extent, OpenFile
 from .detect import check_input_format, require_input_format
 
-__all__ = ["RawSource"]
+__all__ = ["RawSource", "file_data_extents"]
 
 
 class RawSource(DiskSource):
@@ -37,7 +37,7 @@ class RawSource(DiskSource):
             st = self._file.stat
             self.size_bytes = self._file.size
             if stat.S_ISREG(st.st_mode):
-                self.extents = self._data_extents(self.size_bytes)
+                self.extents = file_data_extents(self._file.fd, self.size_bytes)
             else:  # a block device (open_regular_fd let nothing else through)
                 self.extents = [(0, self.size_bytes)] if self.size_bytes else []
             self.mtime = int(st.st_mtime)
@@ -58,25 +58,29 @@ class RawSource(DiskSource):
         that an output aliasing an input is the usage error it is first."""
         check_input_format(self.path, self._file.fd, self.size_bytes, self.input_format)
 
-    def _data_extents(self, size: int) -> list[Extent]:
-        """Data ranges by SEEK_DATA/SEEK_HOLE; one whole-file extent where unsupported."""
-        extents: list[Extent] = []
-        pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(self._file.fd, pos, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # no data after pos
-                    break
-                if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-                    return [(0, size)]
-                raise
-            end = min(os.lseek(self._file.fd, start, os.SEEK_HOLE), size)
-            if end <= start:
-                break
-            extents.append((start, end))
-            pos = end
-        return extents
-
     def _read_extent(self, offset: int, view: memoryview) -> None:
         self._file.pread_into(view, offset)
+
+
+def file_data_extents(fd: int, size: int) -> list[Extent]:
+    """Data ranges of the first ``size`` bytes of the regular file ``fd``, by
+    SEEK_DATA/SEEK_HOLE; one whole extent where the file system cannot say."""
+    extents: list[Extent] = []
+    pos = 0
+    while pos < size:
+        try:
+            start = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data after pos
+                break
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                return [(0, size)]
+            raise
+        if start >= size:
+            break
+        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
+        if end <= start:
+            break
+        extents.append((start, end))
+        pos = end
+    return extents
