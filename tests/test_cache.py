@@ -204,3 +204,34 @@ def test_cli_cache_stats_prune_and_flags(make_disk, tmp_path, capsys):
     (tmp_path / "file").write_bytes(b"")
     assert cli.main(["convert", str(raw), "-o", str(tmp_path / "b.vmdk"), "--cache",
                      str(tmp_path / "file")]) == 2
+
+
+def test_repack_reencodes_through_the_cache(make_disk, tmp_path, monkeypatch):
+    """A raw disk member that repack re-encodes: the second run hits, same bytes."""
+    import re as _re
+    from ovfstream.ova.tar import END_OF_ARCHIVE, encode_header, padding_for
+    from ovfstream.repack import repack
+    raw = make_disk("mixed")
+    packed = tmp_path / "src" / "web.ova"
+    packed.parent.mkdir()
+    ovfstream.pack([raw], packed, engine="zlib", mtime=1, fsync=False)
+    import tarfile
+    with tarfile.open(packed) as tf:
+        descriptor = tf.extractfile("web.ovf").read()  # type: ignore[union-attr]
+    data = raw.read_bytes()
+    descriptor = _re.sub(rb'ovf:size="\d+"', b'ovf:size="%d"' % len(data), descriptor)
+    hand = tmp_path / "hand.ova"
+    with open(hand, "wb") as f:
+        for name, blob in (("hand.ovf", descriptor), ("web-disk1.vmdk", data)):
+            f.write(encode_header(name, len(blob), mtime=1) + blob + bytes(padding_for(len(blob))))
+        f.write(END_OF_ARCHIVE)
+    outs = [tmp_path / d / "out.ova" for d in ("cold", "first", "warm")]
+    for out in outs:
+        out.parent.mkdir()
+    repack(hand, outs[0], engine="zlib", fsync=False)
+    repack(hand, outs[1], engine="zlib", fsync=False, cache=tmp_path / "c")
+    warm = repack(hand, outs[2], engine="zlib", fsync=False, cache=tmp_path / "c")
+    assert warm.disks[0].encoded.cache["hits"] == 4
+    assert outs[0].read_bytes() == outs[1].read_bytes() == outs[2].read_bytes()
+    assert cli.main(["repack", str(hand), "-o", str(tmp_path / "cli.ova"), "--engine", "zlib",
+                     "--cache", str(tmp_path / "c"), "-q"]) == 0

@@ -366,11 +366,11 @@ def test_interrupted_extract_leaves_nothing(small: Built, tmp_path: Path,
     descriptor and manifest already written nor the folders created are left."""
     from ovfstream.vmdk.reader import VmdkReader
 
-    def interrupted(self):  # type: ignore[no-untyped-def]
+    def interrupted(self, fn, *, workers=1):  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt
         yield  # a generator, as the real walk
 
-    monkeypatch.setattr(VmdkReader, "iter_grains", interrupted)
+    monkeypatch.setattr(VmdkReader, "map_grains", interrupted)
     out = tmp_path / "a" / "b" / "out"
     with pytest.raises(KeyboardInterrupt):
         extract(small.path, out)

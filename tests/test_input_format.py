@@ -46,7 +46,7 @@ QEMU_CONTAINERS = {
     "luks": (SECRET + ["-O", "luks", "-o", "key-secret=sec0,iter-time=10"], "luks"),
 }
 # Containers a reader now reads (issue 9); an encrypted qcow2 is refused by its reader.
-READ = {"qcow2", "qcow2-v2", "vhdx", "vhd-dynamic", "vhd-fixed"}
+READ = {"qcow2", "qcow2-v2", "vmdk-sparse", "vmdk-stream", "vhdx", "vhd-dynamic", "vhd-fixed"}
 REFUSED_BY_READER = {"qcow2-luks"}
 
 
@@ -218,3 +218,4 @@ def test_an_output_aliasing_a_container_input_is_the_usage_error(raw_disk, tmp_p
     assert cli.main(["pack", str(ova), "-o", str(ova), "--quiet"]) == 2
     assert cli.main(["convert", str(ova), "-o", str(ova), "--quiet"]) == 2
     assert ova.read_bytes() == before
+

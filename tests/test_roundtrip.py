@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ovfstream import convert, pack
 from ovfstream.engine import get_engine
-from ovfstream.vmdk.reader import VmdkReader, extract_raw
+from ovfstream.vmdk.extract import extract_raw
+from ovfstream.vmdk.reader import VmdkReader
 
 from ovfs_testlib import write_disk
 

@@ -16,6 +16,7 @@ from .extract import ExtractSummary, extract
 from .inspect import InspectResult, inspect
 from .ovf.model import DiskSlot, Nic, Product, Property, VirtualMachine
 from .pack import PackResult, Signer, pack
+from .repack import RepackResult, repack
 from .verify import VerifyResult, verify
 
 
@@ -56,6 +57,7 @@ __all__ = [
     "__version__",
     "pack", "PackResult", "Signer",
     "pack_many", "BuildResult", "SpanCache",
+    "repack", "RepackResult",
     "convert", "ConvertResult",
     "verify", "VerifyResult",
     "inspect", "InspectResult",

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from .errors import CertificateFormatError, Finding, UnsupportedError, UsageError, location
+from .ovf.namespaces import DIGEST_OF_TOKEN
 
 __all__ = [
     "CertFile",
@@ -41,7 +42,7 @@ __all__ = [
 
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha512": hashes.SHA512}
-_TOKENS = {"SHA1": "sha1", "SHA256": "sha256", "SHA512": "sha512"}
+_TOKENS = DIGEST_OF_TOKEN
 
 # A signer certificate plus a few intermediates is a few KiB; ovftool pads to 100 KiB.
 MAX_CERT_BYTES = 1 << 20

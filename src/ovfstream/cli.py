@@ -146,6 +146,23 @@ def build_parser() -> argparse.ArgumentParser:
     _executor_option(p, "read and encode the disks' spans")
     _common(p)
 
+    r = sub.add_parser("repack", help="OVA or OVF folder -> OVA, OVA stream or OVF folder, "
+                                      "stream-optimized disks copied without recompressing")
+    r.add_argument("package", metavar="IN", help="an .ova, an .ovf (its folder holds the rest) "
+                                                 "or a package folder")
+    r.add_argument("-o", "--output", required=True,
+                   help="NAME.ova, DIR/NAME.ovf (folder form) or - (OVA on stdout)")
+    r.add_argument("--target", metavar="NAME", help="import target preset: " + target_names_text)
+    r_vm = r.add_argument_group("virtual machine (override the input's)")
+    for action in vm._group_actions:  # pack's VM flags, the same spelling and checks
+        r_vm._add_action(action)
+    for flag in ("--ovf-version", "--digest", "--sign-key", "--sign-cert", "--spool-dir"):
+        r._add_action(next(a for a in p._actions if flag in a.option_strings))
+    r.add_argument("--no-manifest-check", action="store_true",
+                   help="repack even when the input's manifest does not match (a warning)")
+    _cache_options(r)
+    _common(r)
+
     p = sub.add_parser("build", help="many appliances from a jobs file, here or on Dask workers")
     p.add_argument("jobs", metavar="JOBS",
                    help="jobs file (.toml, .yaml, .json): an appliance list, each with output, "
@@ -184,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "plus the DMTF OVF XSDs when installed)")
     p.add_argument("--deep", action="store_true",
                    help="also inflate every grain: content id, populated size")
+    p.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="threads inflating grains for --deep (default: the CPUs available)")
     p.add_argument("--target", metavar="NAME",
                    help="also lint against what this importer reads (target.* findings): "
                         + target_names_text)
@@ -274,18 +293,22 @@ def _vm_from_args(args: argparse.Namespace, stem: str) -> tuple[Any, str | None]
     if target is not None:
         target = get_target(target, what="--target" if args.target is not None
                             else "target (in %s)" % args.spec).name
-    flags = {"name": args.name, "annotation": args.annotation, "cpus": args.cpus,
-             "cores_per_socket": args.cores_per_socket, "memory": args.memory, "os": args.os,
-             "firmware": args.firmware, "secure_boot": args.secure_boot,
-             "controller": args.controller, "scsi_type": args.scsi_type,
-             "nics": args.nic, "cdrom": args.cdrom, "hw_version": args.hw_version}
-    return vm_from_layers([spec, flags], name=stem, target=target), target
+    return vm_from_layers([spec, _vm_flags(args)], name=stem, target=target), target
+
+
+def _vm_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The VM flags pack and repack share, as spec keys (None: not given)."""
+    return {"name": args.name, "annotation": args.annotation, "cpus": args.cpus,
+            "cores_per_socket": args.cores_per_socket, "memory": args.memory, "os": args.os,
+            "firmware": args.firmware, "secure_boot": args.secure_boot,
+            "controller": args.controller, "scsi_type": args.scsi_type,
+            "nics": args.nic, "cdrom": args.cdrom, "hw_version": args.hw_version}
 
 
 def _cmd_pack(args: argparse.Namespace) -> int:
-    from .pack import Signer, pack
+    from .pack import pack
     from .progress import progress_bars
-    from .regular import check_regular, read_regular
+    from .regular import check_regular
     if args.output == "-":
         if sys.stdout is None:  # started with stdout closed
             raise UsageError("-o -: stdout is closed; redirect it to a file or a pipe")
@@ -297,15 +320,9 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     if args.spec:
         check_regular(args.spec)  # a FIFO would hang the read
     vm, target = _vm_from_args(args, stem)
-    signer = None
-    if args.sign_key or args.sign_cert:
-        if not (args.sign_key and args.sign_cert):
-            raise UsageError("--sign-key and --sign-cert go together")
-        from .ovf.targets import get_target
-        signer = Signer(private_key_pem=read_regular(args.sign_key),
-                        certificate_chain_pem=read_regular(args.sign_cert),
-                        digest=args.digest or (get_target(target).digest.value if target
-                                               else "sha256"))
+    from .ovf.targets import get_target
+    signer = _signer(args, args.digest or (get_target(target).digest.value if target
+                                           else "sha256"))
     also_read = [p for p in (args.spec, args.sign_key, args.sign_cert) if p]
     _engine_note(args)
     from .farm import open_executor
@@ -408,10 +425,60 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _signer(args: argparse.Namespace, digest: str) -> Any:
+    """The Signer of --sign-key/--sign-cert (signing with ``digest``), or None."""
+    from .pack import Signer
+    from .regular import read_regular
+    if not (args.sign_key or args.sign_cert):
+        return None
+    if not (args.sign_key and args.sign_cert):
+        raise UsageError("--sign-key and --sign-cert go together")
+    return Signer(private_key_pem=read_regular(args.sign_key),
+                  certificate_chain_pem=read_regular(args.sign_cert), digest=digest)
+
+
+def _stdout_stream() -> Any:
+    if sys.stdout is None:  # started with stdout closed
+        raise UsageError("-o -: stdout is closed; redirect it to a file or a pipe")
+    if sys.stdout.isatty():
+        raise UsageError("-o -: stdout is a terminal; redirect it to a file or a pipe")
+    return sys.stdout.buffer
+
+
+def _cmd_repack(args: argparse.Namespace) -> int:
+    from .progress import progress_bars
+    from .repack import repack
+    output = _stdout_stream() if args.output == "-" else args.output
+    signer = _signer(args, args.digest or "sha256")
+    _engine_note(args)
+    with progress_bars(enabled=not args.quiet) as bars:
+        result = repack(args.package, output, overrides=_vm_flags(args),
+                        ovf_version=args.ovf_version, digest=args.digest, target=args.target,
+                        signer=signer, parallel=args.parallel, engine=args.engine,
+                        level=args.level, spool_dir=args.spool_dir, progress=bars,
+                        inputs=[p for p in (args.sign_key, args.sign_cert) if p],
+                        check_manifest=not args.no_manifest_check,
+                        input_format=args.input_format, **_cache_args(args))
+    if args.json:
+        doc = json.dumps(result.as_dict(), indent=2) + "\n"
+        (sys.stderr if args.output == "-" else sys.stdout).write(doc)
+    elif not args.quiet:
+        for f in result.files:
+            _say("%-40s %14d  %s" % (f.name, f.size, f.digest))
+        copied = sum(d.copied is not None for d in result.disks)
+        _say("%s: %d disk(s) (%d copied, %d re-encoded), %.2f s" % (
+            result.output, len(result.disks), copied, len(result.disks) - copied,
+            result.seconds))
+    if not args.json:
+        for warning in result.warnings:
+            _say("ovfstream: warning: %s" % warning)
+    return EXIT_OK
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     from .verify import verify
     result = verify(args.package, strict=args.strict, deep=args.deep, schema_dir=args.schema_dir,
-                    target=args.target)
+                    target=args.target, parallel=args.parallel)
     if args.json:
         _emit_json(result.as_dict())
     else:
@@ -461,6 +528,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"convert": _cmd_convert, "extract": _cmd_extract, "pack": _cmd_pack,
+            "repack": _cmd_repack,
             "verify": _cmd_verify, "inspect": _cmd_inspect, "targets": _cmd_targets,
             "build": _cmd_build, "cache": _cmd_cache}
 

@@ -17,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .errors import Finding, ManifestFormatError, UsageError, location
+from .ovf.namespaces import DIGEST_HEX_LENGTHS, DIGEST_OF_TOKEN, DIGESTS
 
 __all__ = [
     "DIGESTS",
@@ -30,11 +31,7 @@ __all__ = [
     "parse_manifest",
 ]
 
-# hashlib name -> manifest token.  SHA256 is the default of vSphere 6.5+ and OVF 2.x; SHA1 is
-# for old consumers only; SHA512 is accepted by ovftool 4.x.
-DIGESTS: dict[str, str] = {"sha1": "SHA1", "sha256": "SHA256", "sha512": "SHA512"}
-DIGEST_HEX_LENGTHS: dict[str, int] = {"sha1": 40, "sha256": 64, "sha512": 128}
-_TOKENS = {token: key for key, token in DIGESTS.items()}
+_TOKENS = DIGEST_OF_TOKEN
 
 # A manifest lists a handful of files; anything this large is not one (and is refused before
 # we spend memory on it: the OVA reader checks the member size against this first).

@@ -8,28 +8,30 @@ sizes and digests, go into space reserved at the front (DESIGN.md, OVA assembly)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 import re
 import stat
 import time
+from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Sequence
 
 from .atomic import AtomicFiles, atomic_output, output_kind
 from .cache import SpanCache, open_cache
-from .cert import load_signing_key
+from .cert import SigningKey, load_signing_key
 from .engine import get_engine
 from .errors import UsageError
 from .farm import remote_spans
 from .manifest import DIGESTS, manifest_size, render_manifest
-from .ova.writer import FrontMembers, MemberSink, SeekableOvaWriter, StreamingOvaWriter
-from .ovf.model import DiskEntry, VirtualMachine
 from .outputs import Inputs
+from .ova.writer import FolderWriter, FrontMembers, SeekableOvaWriter, StreamingOvaWriter
+from .ovf.model import DiskEntry, DiskSlot, VirtualMachine
 from .ovf.spec import vm_from_layers
-from .ovf.targets import check_pack, check_packed_size, get_target
-from .ovf.writer import pad_to, render_descriptor, reserve_size
+from .ovf.targets import Target, check_pack, check_packed_size, get_target
+from .ovf.writer import OvfVersion, pad_to, render_descriptor, reserve_size
 from .pipeline import check_workers
 from .sources import DiskSource, open_source
 from .vmdk.writer import DiskStats, write_stream_vmdk
@@ -97,20 +99,33 @@ class PackResult:
         }
 
 
-def _output_form(output: PathLike | BinaryIO) -> tuple[str, str, str]:
-    """(form, display name, stem) for the output argument."""
-    if hasattr(output, "write"):
-        name = getattr(output, "name", "-")
-        return "ova-stream", str(name), "appliance"
-    path = os.fspath(output)  # type: ignore[arg-type]
+@dataclass(frozen=True)
+class Output:
+    """Where a package goes: the form, the name shown in messages, the member stem, and the
+    stream for ``ova-stream``."""
+
+    form: str                       # "ova", "ova-stream" or "ovf"
+    shown: str
+    stem: str
+    stream: BinaryIO | None = None
+
+    @property
+    def folder(self) -> str:
+        return os.path.dirname(os.path.abspath(self.shown))
+
+
+def output_form(output: PathLike | BinaryIO, *, what: str = "pack") -> Output:
+    """The output argument as an :class:`Output` (``.ova``, ``.ovf`` or a binary stream)."""
+    if not isinstance(output, (str, os.PathLike)):
+        return Output("ova-stream", str(getattr(output, "name", "-")), "appliance", output)
+    path = os.fspath(output)
     if path == "-":
-        raise UsageError("pack: pass a binary file object (sys.stdout.buffer) for -o -")
-    base = os.path.basename(path)
-    stem, ext = os.path.splitext(base)
+        raise UsageError("%s: pass a binary file object (sys.stdout.buffer) for -o -" % what)
+    stem, ext = os.path.splitext(os.path.basename(path))
     if ext.lower() == ".ova":
-        return "ova", path, stem
+        return Output("ova", path, stem)
     if ext.lower() == ".ovf":
-        return "ovf", path, stem
+        return Output("ovf", path, stem)
     raise UsageError("-o %s: the output must end in .ova or .ovf, or be - for a stream" % path)
 
 
@@ -125,23 +140,134 @@ def stream_stem(vm_name: str) -> str:
     return stem or "appliance"
 
 
-def _default_mtime(sources: Sequence[DiskSource]) -> int:
+def source_date_epoch() -> int | None:
+    """$SOURCE_DATE_EPOCH as a whole number of seconds, or None when unset."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
-    if epoch is not None:
-        if not epoch.isdigit():
-            raise UsageError("SOURCE_DATE_EPOCH=%r: allowed a whole number of seconds" % epoch)
-        return int(epoch)
-    return max(src.mtime for src in sources)
+    if epoch is None:
+        return None
+    if not epoch.isdigit():
+        raise UsageError("SOURCE_DATE_EPOCH=%r: allowed a whole number of seconds" % epoch)
+    return int(epoch)
 
 
-def _adapter_for(controller: str, scsi_type: str) -> str:
-    # The VMDK's ddb.adapterType knows only these four; SATA/NVMe/pvscsi/SAS disks say
-    # lsilogic, as VMware's own exports do.
-    if controller == "ide":
+def _default_mtime(sources: Sequence[DiskSource]) -> int:
+    epoch = source_date_epoch()
+    return epoch if epoch is not None else max(src.mtime for src in sources)
+
+
+def adapter_for(slot: DiskSlot) -> str:
+    """The VMDK's ddb.adapterType for a disk slot.  It knows only four; SATA/NVMe/pvscsi/SAS
+    disks say lsilogic, as VMware's own exports do."""
+    if slot.controller == "ide":
         return "ide"
-    if controller == "scsi" and scsi_type == "buslogic":
+    if slot.controller == "scsi" and slot.scsi_type == "buslogic":
         return "buslogic"
     return "lsilogic"
+
+
+def check_settings(ovf_version: str | None, digest: str | None, preset: Target | None
+                   ) -> tuple[OvfVersion, str]:
+    """(OVF version, digest) from the arguments, else the target's, else 1.0 and SHA256."""
+    if ovf_version is None:
+        ovf_version = preset.ovf_version.value if preset is not None else "1.0"
+    if digest is None:
+        digest = preset.digest.value if preset is not None else "sha256"
+    if digest not in DIGESTS:
+        raise UsageError("--digest %r: allowed %s" % (digest, ", ".join(DIGESTS)))
+    if ovf_version == "1.0":
+        return "1.0", digest
+    if ovf_version == "2.0":
+        return "2.0", digest
+    raise UsageError("--ovf-version %r: allowed 1.0, 2.0" % (ovf_version,))
+
+
+@dataclass(frozen=True)
+class Front:
+    """The members before the disks: descriptor, manifest and (signed) certificate.
+
+    Their slots are reserved before any disk is written (the descriptor's from a render with
+    the widest numbers); :meth:`render` fills them once the disks' sizes and digests are known.
+    """
+
+    stem: str
+    form: str
+    digest: str
+    ovf_reserved: int
+    disk_names: tuple[str, ...]
+    signing_key: SigningKey | None = None
+
+    @property
+    def ovf_name(self) -> str:
+        return self.stem + ".ovf"
+
+    @property
+    def mf_name(self) -> str:
+        return self.stem + ".mf"
+
+    @property
+    def cert_name(self) -> str:
+        return self.stem + ".cert"
+
+    def members(self) -> FrontMembers:
+        slots = [(self.ovf_name, self.ovf_reserved),
+                 (self.mf_name, manifest_size([self.ovf_name, *self.disk_names], self.digest))]
+        if self.signing_key is not None:
+            slots.append((self.cert_name, self.signing_key.cert_size(self.mf_name)))
+        return FrontMembers(tuple(slots))
+
+    def render(self, descriptor: bytes, disk_files: Sequence[PackedFile]
+               ) -> list[tuple[str, bytes]]:
+        if self.form != "ovf":
+            descriptor = pad_to(descriptor, self.ovf_reserved)
+        manifest = render_manifest(
+            [(self.ovf_name, self.digest, _digest_of(descriptor, self.digest))] +
+            [(f.name, self.digest, f.digest) for f in disk_files])
+        front = [(self.ovf_name, descriptor), (self.mf_name, manifest)]
+        if self.signing_key is not None:
+            front.append((self.cert_name, self.signing_key.sign(manifest, mf_name=self.mf_name)))
+        return front
+
+    def files(self, front: Sequence[tuple[str, bytes]]) -> list[PackedFile]:
+        return [PackedFile(name, len(data), _digest_of(data, self.digest)) for name, data in front]
+
+
+def signing_key_of(signer: Signer | None) -> SigningKey | None:
+    # Loaded once (a 16384-bit key takes ~20 s to validate); its size is known without
+    # signing, so only the final manifest is signed.
+    if signer is None:
+        return None
+    return load_signing_key(private_key_pem=signer.private_key_pem,
+                            certificate_chain_pem=signer.certificate_chain_pem,
+                            digest=signer.digest, password=signer.password)
+
+
+PackageWriter = SeekableOvaWriter | StreamingOvaWriter | FolderWriter
+
+
+@contextlib.contextmanager
+def package_writer(out: Output, front: Front, *, mtime: int, fsync: bool,
+                   spool_dir: PathLike | None, stamp: bool = False) -> Iterator[PackageWriter]:
+    """The writer of ``out``'s form; on leaving the block without an error the package is
+    in place (renamed, or streamed), on an error nothing is left.  ``stamp``: the folder
+    form's files get ``mtime`` as their modification time (repack: a folder repacked into an
+    OVA then keeps the tar mtime it came with)."""
+    if out.form == "ova":
+        with atomic_output(out.shown, fsync=fsync) as f:
+            yield SeekableOvaWriter(f, front=front.members(), mtime=mtime,
+                                    algorithm=front.digest)
+    elif out.stream is not None:
+        streamer = StreamingOvaWriter(out.stream, mtime=mtime, algorithm=front.digest,
+                                      spool_dir=os.fspath(spool_dir) if spool_dir else None)
+        try:
+            yield streamer
+        finally:
+            streamer.close()
+    else:
+        with AtomicFiles(fsync=fsync) as group:
+            # An unsigned re-pack removes an earlier signed pack's certificate: it would not
+            # match the new manifest.
+            yield FolderWriter(group, out.folder, algorithm=front.digest,
+                               stale=(front.cert_name,), mtime=mtime if stamp else None)
 
 
 def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
@@ -187,181 +313,118 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
     if not disks:
         raise UsageError("pack: at least one disk image is needed")
     preset = get_target(target, what="--target") if target is not None else None
-    if ovf_version is None:
-        ovf_version = preset.ovf_version.value if preset is not None else "1.0"
-    if digest is None:
-        digest = preset.digest.value if preset is not None else "sha256"
-    if digest not in DIGESTS:
-        raise UsageError("--digest %r: allowed %s" % (digest, ", ".join(DIGESTS)))
-    if ovf_version not in ("1.0", "2.0"):
-        raise UsageError("--ovf-version %r: allowed 1.0, 2.0" % (ovf_version,))
+    version, digest = check_settings(ovf_version, digest, preset)
     if sum(os.fspath(d) == "-" for d in disks) > 1:
         raise UsageError("pack: standard input (-) can be read as one disk only")
     workers = check_workers(parallel)
     eng = get_engine(engine, level)
     span_cache = open_cache(cache, cache_max)
-    form, shown, stem = _output_form(output)
+    out = output_form(output)
     if vm is None:
-        vm = (VirtualMachine(name=stem) if preset is None
-              else vm_from_layers([], name=stem, target=preset.name))
-    elif form == "ova-stream":
-        stem = stream_stem(vm.name)  # a stream has no file name: members follow the VM
+        vm = (VirtualMachine(name=out.stem) if preset is None
+              else vm_from_layers([], name=out.stem, target=preset.name))
+    elif out.form == "ova-stream":  # a stream has no file name: members follow the VM
+        out = dataclasses.replace(out, stem=stream_stem(vm.name))
     warnings: list[str] = []
     if preset is not None:
-        warnings = check_pack(preset, vm, ovf_version=ovf_version, digest=digest,  # type: ignore[arg-type]
-                              disks=len(disks), stem=stem)
+        warnings = check_pack(preset, vm, ovf_version=version, digest=digest,
+                              disks=len(disks), stem=out.stem)
 
     with contextlib.ExitStack() as stack:
         sources = [stack.enter_context(open_source(d, input_format=input_format, size=size))
                    for d in disks]
         if mtime is None:
             mtime = _default_mtime(sources)
-        names = ["%s-disk%d.vmdk" % (stem, i + 1) for i in range(len(sources))]
-        ovf_name, mf_name, cert_name = stem + ".ovf", stem + ".mf", stem + ".cert"
-        _check_outputs(form, output, shown, [ovf_name, mf_name, cert_name, *names],
-                       sources, inputs)
+        names = tuple("%s-disk%d.vmdk" % (out.stem, i + 1) for i in range(len(sources)))
+        check_outputs(out, [out.stem + ext for ext in (".ovf", ".mf", ".cert")] + list(names),
+                      [(f.path, f.stat) for src in sources for f in src.files], inputs)
         for src in sources:
             src.check_format()
-
-        def entries(stats: Sequence[DiskStats | None], sizes: Sequence[int]) -> list[DiskEntry]:
-            return [DiskEntry(file_id="file%d" % (i + 1), href=names[i],
-                              file_size_bytes=sizes[i],
-                              capacity_bytes=src.capacity_sectors * 512,
-                              populated_bytes=st.populated_bytes if st else 0,
-                              disk_id="vmdisk%d" % (i + 1),
-                              content_id_hex=st.content_id if st else "0" * 32,
-                              slot=vm.slot_for(i))
-                    for i, (src, st) in enumerate(zip(sources, stats))]
-
-        placeholder = entries([None] * len(sources), [0] * len(sources))
-        ovf_reserved = reserve_size(vm, placeholder, ovf_version=ovf_version)  # type: ignore[arg-type]
-        mf_size = manifest_size([ovf_name, *names], digest)
-        slots = [(ovf_name, ovf_reserved), (mf_name, mf_size)]
-        signing_key = None
-        if signer is not None:
-            # Loaded once (a 16384-bit key takes ~20 s to validate); its size is known
-            # without signing, so only the final manifest is signed.
-            signing_key = load_signing_key(private_key_pem=signer.private_key_pem,
-                                           certificate_chain_pem=signer.certificate_chain_pem,
-                                           digest=signer.digest, password=signer.password)
-            slots.append((cert_name, signing_key.cert_size(mf_name)))
-
-        def encode_into(i: int) -> Callable[[MemberSink], DiskStats]:
-            src = sources[i]
-            slot = vm.slot_for(i)  # type: ignore[union-attr]
-            name = names[i]
-            report = None if progress is None else (lambda n, total: progress(name, n, total))
-
-            remote = None if executor is None else remote_spans(
-                executor, path=os.fspath(disks[i]), input_format=input_format,
-                cache_root=span_cache.root if span_cache is not None else None)
-
-            def produce(sink: MemberSink) -> DiskStats:
-                disk_stats = write_stream_vmdk(
-                    src, sink.write, file_name=names[i], engine=eng, workers=workers,
-                    adapter_type=_adapter_for(slot.controller, slot.scsi_type), progress=report,
-                    cache=span_cache if executor is None else None, remote=remote)
-                src.check_unchanged()  # before anything is renamed into place or streamed
-                return disk_stats
-            return produce
-
-        def finish_front(stats: list[DiskStats], disk_files: list[tuple[int, str]]
-                         ) -> list[tuple[str, bytes]]:
-            descriptor = render_descriptor(vm, entries(stats, [s for s, _ in disk_files]),  # type: ignore[arg-type]
-                                           ovf_version=ovf_version)  # type: ignore[arg-type]
-            if form != "ovf":
-                descriptor = pad_to(descriptor, ovf_reserved)
-            manifest = render_manifest([(ovf_name, digest, _digest_of(descriptor, digest))] +
-                                       [(n, digest, d) for n, (_, d) in zip(names, disk_files)])
-            front = [(ovf_name, descriptor), (mf_name, manifest)]
-            if signing_key is not None:
-                front.append((cert_name, signing_key.sign(manifest, mf_name=mf_name)))
-            front_out[:] = front
-            return front
-
+        capacities = [src.capacity_sectors * 512 for src in sources]
+        placeholder = disk_entries(vm, names, capacities, [None] * len(sources))
+        front = Front(out.stem, out.form, digest,
+                      reserve_size(vm, placeholder, ovf_version=version), names,
+                      signing_key_of(signer))
         stats: list[DiskStats] = []
-        front_out: list[tuple[str, bytes]] = []
-        disk_files: list[tuple[int, str]] = []
-
-        def run_disks(add_member: Callable[[str, Callable[[MemberSink], None]], tuple[int, str]]
-                      ) -> None:
-            for i in range(len(sources)):
-                produce = encode_into(i)
-                holder: list[DiskStats] = []
-                disk_files.append(add_member(names[i], lambda sink: holder.append(produce(sink))))
-                stats.append(holder[0])
-
-        if form == "ova":
-            with atomic_output(shown, fsync=fsync) as f:
-                writer = SeekableOvaWriter(f, front=FrontMembers(tuple(slots)), mtime=mtime,
-                                           algorithm=digest)
-                run_disks(writer.add_member)
-                writer.finish([data for _, data in finish_front(stats, disk_files)])
-        elif form == "ova-stream":
-            streamer = StreamingOvaWriter(output, mtime=mtime, algorithm=digest,  # type: ignore[arg-type]
-                                          spool_dir=os.fspath(spool_dir) if spool_dir else None)
-            try:
-                run_disks(streamer.add_member)
-                streamer.finish(finish_front(stats, disk_files))
-            finally:
-                streamer.close()
-        else:
-            # Every file goes to a temporary first; they are renamed into place together at
-            # the end (disks, certificate, manifest, the descriptor last: its presence says
-            # the folder is complete), so a failure leaves the previous package as it was.
-            folder = os.path.dirname(os.path.abspath(shown))
-            with AtomicFiles(fsync=fsync) as group:
-                def add_file(name: str, produce: Callable[[MemberSink], None]) -> tuple[int, str]:
-                    f = group.open(os.path.join(folder, name))
-                    sink = MemberSink(f.write, digest)
-                    produce(sink)
-                    group.close(f)
-                    return sink.size, sink.hexdigest()
-                run_disks(add_file)
-                front = finish_front(stats, disk_files)
-                if signer is None:  # an earlier signed pack's certificate would not match
-                    group.remove_stale(os.path.join(folder, cert_name))
-                for name, data in reversed(front):
-                    add_file(name, lambda sink, data=data: sink.write(data))
+        disk_files: list[PackedFile] = []
+        with package_writer(out, front, mtime=mtime, fsync=fsync, spool_dir=spool_dir) as writer:
+            for i, (src, name) in enumerate(zip(sources, names)):
+                report = None if progress is None else progress_of(progress, name)
+                remote = None if executor is None else remote_spans(
+                    executor, path=os.fspath(disks[i]), input_format=input_format,
+                    cache_root=span_cache.root if span_cache is not None else None)
+                with writer.member(name) as sink:
+                    stats.append(write_stream_vmdk(
+                        src, sink.write, file_name=name, engine=eng, workers=workers,
+                        adapter_type=adapter_for(vm.slot_for(i)), progress=report,
+                        cache=span_cache if executor is None else None, remote=remote))
+                    src.check_unchanged()  # before anything is renamed into place or streamed
+                disk_files.append(PackedFile(name, sink.size, sink.hexdigest()))
+            descriptor = render_descriptor(
+                vm, disk_entries(vm, names, capacities,
+                                 [(f.size, st.populated_bytes, st.content_id)
+                                  for f, st in zip(disk_files, stats)]),
+                ovf_version=version)
+            front_data = front.render(descriptor, disk_files)
+            writer.finish(front_data)
 
     if span_cache is not None and span_cache.max_bytes is not None:
         span_cache.prune()
-    files = [PackedFile(name, len(data), _digest_of(data, digest)) for name, data in front_out]
-    files += [PackedFile(n, size, d) for n, (size, d) in zip(names, disk_files)]
-    if preset is not None and form != "ovf":  # the OVA's size is known only now
-        warnings += check_packed_size(preset, shown, sum(f.size for f in files))
-    return PackResult(output=shown, form=form, ovf_version=ovf_version, digest_algorithm=digest,  # type: ignore[arg-type]
-                      files=tuple(files),
+    files = front.files(front_data) + disk_files
+    if preset is not None and out.form != "ovf":  # the OVA's size is known only now
+        warnings += check_packed_size(preset, out.shown, sum(f.size for f in files))
+    return PackResult(output=out.shown, form=out.form, ovf_version=version,
+                      digest_algorithm=digest, files=tuple(files),
                       disks=tuple(PackedDisk(os.fspath(src), n, st)
                                   for src, n, st in zip(disks, names, stats)),
                       workers=workers, mtime=mtime, seconds=time.perf_counter() - started,
                       engine=eng.describe(), target=preset.name if preset else None,
                       warnings=tuple(warnings),
-                      hint=preset.hint.replace("NAME", stem) if preset else "")
+                      hint=preset.hint.replace("NAME", out.stem) if preset else "")
 
 
-def _check_outputs(form: str, output: PathLike | BinaryIO, shown: str, folder_names: list[str],
-                   sources: Sequence[DiskSource], inputs: Sequence[PathLike]) -> None:
-    """Before any work: no output is an input, and none would destroy a non-regular node."""
+def progress_of(progress: Progress, name: str) -> Callable[[int, int], None]:
+    def report(n: int, total: int) -> None:
+        progress(name, n, total)
+    return report
+
+
+def disk_entries(vm: VirtualMachine, names: Sequence[str], capacities: Sequence[int],
+                 written: Sequence[tuple[int, int, str | None] | None]) -> list[DiskEntry]:
+    """One DiskEntry per disk; ``written[i]`` is (VMDK size, populated bytes, content id), or
+    None before the disk is written (the entry then reserves the descriptor's space)."""
+    entries = []
+    for i, (name, capacity, done) in enumerate(zip(names, capacities, written, strict=True)):
+        size, populated, content_id = done if done is not None else (0, 0, None)
+        entries.append(DiskEntry(file_id="file%d" % (i + 1), href=name, file_size_bytes=size,
+                                 capacity_bytes=capacity, populated_bytes=populated,
+                                 disk_id="vmdisk%d" % (i + 1),
+                                 content_id_hex=content_id or "0" * 32, slot=vm.slot_for(i)))
+    return entries
+
+
+def check_outputs(out: Output, folder_names: Sequence[str],
+                  read_files: Sequence[tuple[str, os.stat_result | None]],
+                  inputs: Sequence[PathLike]) -> None:
+    """Before any work: no output is an input, and none would destroy a non-regular node.
+    ``read_files``: (path, stat or None) of every file read."""
     read = Inputs()
-    for src in sources:
-        for f in src.files:
-            read.add(f.path, f.stat)
+    for path, st in read_files:
+        read.add(path, st)
     for path in inputs:
         read.add(path)
-    if form == "ova-stream":  # stdout redirected onto an input (>> disk.raw)
+    if out.stream is not None:  # stdout redirected onto an input (>> disk.raw)
         try:
-            st = os.fstat(output.fileno())  # type: ignore[union-attr]
+            st = os.fstat(out.stream.fileno())
         except (AttributeError, OSError, ValueError):
             return  # no descriptor (a BytesIO...): nothing on disk to protect
         if stat.S_ISREG(st.st_mode):
-            read.check_output(shown, st)
+            read.check_output(out.shown, st)
         return
-    if form == "ova":
-        targets = [shown]
+    if out.form == "ova":
+        targets = [out.shown]
     else:
-        folder = os.path.dirname(os.path.abspath(shown))
-        targets = [os.path.join(folder, name) for name in folder_names]
+        targets = [os.path.join(out.folder, name) for name in folder_names]
     for target in targets:
         output_kind(target)
         read.check_output(target)

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from .errors import Finding, TarFormatError, UsageError
 from .ova import tar
+from .ova.reader import TarReader
 from .ova.tar import check_member_name
-from .regular import open_regular
+from .regular import open_regular, open_regular_fd
 
 if TYPE_CHECKING:
     from .ovf.summary import Descriptor
@@ -39,6 +40,7 @@ class Member:
     offset: int           # data offset inside the OVA; 0 for a file of the folder form
     path: str             # the file holding the bytes (the OVA, or the folder's file)
     index: int            # position in the archive (folder form: descriptor 0, rest sorted)
+    mtime: int = 0        # the tar header's mtime, or the file's (whole seconds)
 
 
 @dataclass
@@ -62,8 +64,9 @@ class Package:
     def location(self, member: Member | None = None) -> str:
         return self.path + (":" + member.name if member is not None and self.form == "ova" else "")
 
-    def open(self, member: Member) -> BinaryIO:
-        f = open_regular(member.path)
+    def open(self, member: Member, *, buffering: int = -1) -> BinaryIO:
+        """The member's file positioned at its first byte (``buffering``: as open())."""
+        f = os.fdopen(open_regular_fd(member.path), "rb", buffering=buffering)
         try:
             f.seek(member.offset)
         except BaseException:
@@ -71,12 +74,14 @@ class Package:
             raise
         return f
 
-    def open_vmdk(self, member: Member) -> "VmdkReader":
+    def open_vmdk(self, member: Member, fileobj: BinaryIO | None = None) -> "VmdkReader":
         """A VMDK reader over ``member``: inside the OVA (errors name the OVA and the member)
-        or the folder's file."""
+        or the folder's file; over ``fileobj`` (the member's file, which the caller closes)
+        when given."""
         from .vmdk.reader import VmdkReader
         inside = self.form == "ova"
-        return VmdkReader(member.path, name=self.path if inside else member.path,
+        return VmdkReader(fileobj if fileobj is not None else member.path,
+                          name=self.path if inside else member.path,
                           member=member.name if inside else None,
                           base_offset=member.offset, size=member.size)
 
@@ -98,9 +103,10 @@ class Package:
 def _open_ova(path: str) -> Package:
     members: list[Member] = []
     with open_regular(path) as f:
-        reader = tar.TarReader(f, path=path)
+        reader = TarReader(f, path=path)
         for entry in reader.members():
-            members.append(Member(entry.name, entry.size, entry.data_offset, path, len(members)))
+            members.append(Member(entry.name, entry.size, entry.data_offset, path, len(members),
+                                  entry.mtime))
         findings = list(reader.findings)
     ovfs = [m for m in members if m.name.lower().endswith(".ovf")]
     if not ovfs:
@@ -117,8 +123,8 @@ def _open_folder(descriptor_path: str) -> Package:
     folder = os.path.dirname(os.path.abspath(descriptor_path))
     name = os.path.basename(descriptor_path)
     with open_regular(descriptor_path) as f:       # a FIFO named *.ovf is refused, not read
-        size = os.fstat(f.fileno()).st_size
-    members = [Member(name, size, 0, descriptor_path, 0)]
+        st = os.fstat(f.fileno())
+    members = [Member(name, st.st_size, 0, descriptor_path, 0, int(st.st_mtime))]
     for entry in sorted(os.listdir(folder)):
         full = os.path.join(folder, entry)
         if entry == name or not os.path.isfile(full) or os.path.islink(full):
@@ -127,7 +133,8 @@ def _open_folder(descriptor_path: str) -> Package:
             check_member_name(entry)
         except TarFormatError:
             continue  # not something a descriptor may reference
-        members.append(Member(entry, os.path.getsize(full), 0, full, len(members)))
+        st = os.stat(full)
+        members.append(Member(entry, st.st_size, 0, full, len(members), int(st.st_mtime)))
     return Package(os.path.abspath(descriptor_path), "ovf", members, members[0])
 
 

@@ -11,7 +11,9 @@ from .verify import RULES as VERIFY_RULES  # the package attribute `verify` is t
 from .ova import tar
 from .ovf import reader as ovf_reader
 from .ovf import validate as ovf_validate
+from .repack import RULES as REPACK_RULES  # the package attribute `repack` is the function
 from .sources import base, detect, qcow2, stdin, vhd, vhdx, zst
+from .sources import vmdk as vmdk_source
 from .vmdk import reader as vmdk_reader
 
 __all__ = ["ALL_RULES", "render_markdown"]
@@ -31,6 +33,8 @@ SECTIONS: tuple[tuple[str, dict[str, str]], ...] = (
     ("Raw disks on standard input (sources/stdin.py)", stdin.RULES),
     ("VHD inputs (sources/vhd.py)", vhd.RULES),
     ("VHDX inputs (sources/vhdx.py)", vhdx.RULES),
+    ("VMDK inputs: sparse, flat and split extents (sources/vmdk.py)", vmdk_source.RULES),
+    ("Repack (repack.py)", REPACK_RULES),
 )
 
 ALL_RULES: dict[str, str] = {rule: text for _, rules in SECTIONS for rule, text in rules.items()}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import threading
 import os
 import time
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from .ovf.reader import parse_descriptor
 from .ovf.summary import Descriptor
 from .ovf.validate import strict_validators
 from .package import FORMATS, Member, Package, extract_plan, open_package, output_collisions
+from .pipeline import check_workers
 from .vmdk.reader import VerifyReport, VmdkReader
 
 __all__ = ["verify", "VerifyResult", "RULES"]
@@ -98,9 +100,10 @@ class VerifyResult:
                 "findings": [f.as_dict() for f in self.findings]}
 
 
-def _hash_members(pkg: Package, members: list[Member], algorithms: set[str]
-                  ) -> dict[str, dict[str, str]]:
-    """{member: {algorithm: hex}} reading each member once in large sequential reads."""
+def hash_members(pkg: Package, members: list[Member], algorithms: set[str], *,
+                 stop: threading.Event | None = None) -> dict[str, dict[str, str]]:
+    """{member: {algorithm: hex}} reading each member once in large sequential reads.
+    A set ``stop`` ends the work early (the result is then incomplete)."""
     out: dict[str, dict[str, str]] = {}
     buf = bytearray(_CHUNK)
     view = memoryview(buf)
@@ -108,7 +111,7 @@ def _hash_members(pkg: Package, members: list[Member], algorithms: set[str]
         hashers = {a: hashlib.new(a) for a in sorted(algorithms)}
         with pkg.open(m) as f:
             left = m.size
-            while left:
+            while left and not (stop is not None and stop.is_set()):
                 n = f.readinto(view[:min(left, _CHUNK)])
                 if not n:
                     raise FormatError("ova.tar.truncated", "member data ends %d bytes early"
@@ -143,14 +146,17 @@ def _order_findings(pkg: Package) -> list[Finding]:
 
 def verify(path: str | os.PathLike[str], *, strict: bool = False, deep: bool = False,
            schema_dir: str | os.PathLike[str] | None = None,
-           now: _dt.datetime | None = None, target: str | None = None) -> VerifyResult:
+           now: _dt.datetime | None = None, target: str | None = None,
+           parallel: int | None = None) -> VerifyResult:
     """Verify an .ova, an .ovf (with its folder) or a bare .vmdk; findings, never a traceback.
 
     ``now`` judges certificate validity periods (default: the current time; pass it to pin).
     ``target`` (ovf/targets.py) adds ``target.*`` findings: what that importer refuses
-    (error) or ignores (warning) in this package.
+    (error) or ignores (warning) in this package.  ``parallel``: threads that inflate the
+    grains for ``deep`` (default: the CPUs available; the result is the same whatever it is).
     """
     started = time.perf_counter()
+    workers = check_workers(parallel)
     text = os.fspath(path)
     preset = targets.get_target(target, what="--target") if target is not None else None
     result = VerifyResult(text, target=preset.name if preset else None)
@@ -159,7 +165,7 @@ def verify(path: str | os.PathLike[str], *, strict: bool = False, deep: bool = F
         # the reader is closed either way.  UnsupportedError (not a stream VMDK) goes on.
         try:
             with VmdkReader(text) as reader:
-                _verify_disk(result, reader, deep=deep, name=text)
+                _verify_disk(result, reader, deep=deep, name=text, workers=workers)
         except FormatError as exc:
             result.findings.append(exc.finding())
         result.seconds = time.perf_counter() - started
@@ -226,7 +232,7 @@ def verify(path: str | os.PathLike[str], *, strict: bool = False, deep: bool = F
     entry_names = {e.name for e in entries}
     to_hash = [m for m in pkg.members if m.name in entry_names]
     algorithms = {e.algorithm for e in entries}
-    digests = _hash_members(pkg, to_hash, algorithms) if to_hash else {}
+    digests = hash_members(pkg, to_hash, algorithms) if to_hash else {}
     result.bytes_hashed = sum(m.size for m in to_hash)
     listed = set()
     for e in entries:
@@ -296,7 +302,7 @@ def verify(path: str | os.PathLike[str], *, strict: bool = False, deep: bool = F
                                             % (disk.disk_id, disk.format_uri)))
             continue
         if m.name not in checked:
-            checked[m.name] = _verify_member_disk(result, pkg, m, deep=deep)
+            checked[m.name] = _verify_member_disk(result, pkg, m, deep=deep, workers=workers)
         done = checked[m.name]
         if done is not None:
             _check_declared(result, pkg.location(m), disk, done[0], done[1], deep=deep)
@@ -304,8 +310,8 @@ def verify(path: str | os.PathLike[str], *, strict: bool = False, deep: bool = F
     return result
 
 
-def _verify_member_disk(result: VerifyResult, pkg: Package, m: Member, *, deep: bool
-                        ) -> tuple[int, VerifyReport] | None:
+def _verify_member_disk(result: VerifyResult, pkg: Package, m: Member, *, deep: bool,
+                        workers: int) -> tuple[int, VerifyReport] | None:
     """Open and check one disk member; (capacity, report), or None when it cannot be read."""
     try:
         reader = pkg.open_vmdk(m)
@@ -320,13 +326,13 @@ def _verify_member_disk(result: VerifyResult, pkg: Package, m: Member, *, deep: 
                                         "extract cannot read it back: %s" % detail))
         return None
     with reader:
-        report = _verify_disk(result, reader, deep=deep, name=pkg.location(m))
+        report = _verify_disk(result, reader, deep=deep, name=pkg.location(m), workers=workers)
         return reader.capacity_bytes, report
 
 
-def _verify_disk(result: VerifyResult, reader: VmdkReader, *, deep: bool, name: str
-                 ) -> VerifyReport:
-    report = reader.verify(deep=deep)
+def _verify_disk(result: VerifyResult, reader: VmdkReader, *, deep: bool, name: str,
+                 workers: int) -> VerifyReport:
+    report = reader.verify(deep=deep, workers=workers)
     result.findings += report.findings
     if report.content_id:
         result.content_ids[name] = report.content_id

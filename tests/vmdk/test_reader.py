@@ -36,12 +36,11 @@ from ovfstream.vmdk.layout import (
     Header,
     metadata_marker,
 )
+from ovfstream.vmdk.extract import extract_raw, extract_zst
 from ovfstream.vmdk.reader import (
     RULES,
     ContentId,
     VmdkReader,
-    extract_raw,
-    extract_zst,
     fold_content_id,
     grain_digest,
 )

@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from ovfstream.errors import FormatError, UnsupportedError, VmdkFormatError
 from ovfstream.vmdk.layout import GRAIN_BYTES, MARKER, SECTOR, Header, metadata_marker
-from ovfstream.vmdk.reader import RULES, VmdkReader, extract_raw
+from ovfstream.vmdk.extract import extract_raw
+from ovfstream.vmdk.reader import RULES, VmdkReader
 
 from .test_reader import DESCRIPTOR, build_stream, rand
 
@@ -476,7 +477,7 @@ def test_descriptor_lines_of_spaces_parse_in_linear_time() -> None:
     """A line with a million spaces took > 60 s (80k: 12.8 s): backtracking regexes."""
     run_bounded(textwrap.dedent('''
         import time
-        from ovfstream.vmdk.reader import Descriptor
+        from ovfstream.vmdk.descriptor import Descriptor
         n = 1_000_000
         lines = ["RW 1 x" + " " * n + "y", "RW 1 SPARSE \\"a\\"" + " " * n + "z",
                  "k=b" + " " * n + "c", "a" + " " * n + "=b", "ddb.x = \\"" + " " * n,
@@ -612,7 +613,7 @@ def test_zst_frames_read_by_the_zstd_tool(tmp_path: Path) -> None:
     """zstd -d reads the concatenated frames back into exactly the disk (partial last grain,
     holes longer and shorter than the frame cut, zero-written grains)."""
     from ovfs_testlib import tool
-    from ovfstream.vmdk.reader import extract_zst
+    from ovfstream.vmdk.extract import extract_zst
     import random
     rng = random.Random(5)
     capacity = (96 << 20) // SECTOR + 3
@@ -647,7 +648,7 @@ def second_grain_corrupt() -> bytes:
 def test_zst_format_error_after_the_first_grain(tmp_path: Path) -> None:
     """The error after the first grain came out as zstandard.ZstdError (the frame was closed
     on the way out with fewer bytes than its declared size); now it is the FormatError."""
-    from ovfstream.vmdk.reader import extract_zst
+    from ovfstream.vmdk.extract import extract_zst
     src = tmp_path / "c.vmdk"
     src.write_bytes(second_grain_corrupt())
     with VmdkReader(src) as r, pytest.raises(VmdkFormatError) as info:
@@ -659,14 +660,15 @@ def test_zst_format_error_after_the_first_grain(tmp_path: Path) -> None:
 def test_zst_interrupted_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Ctrl-C after the first grain (KeyboardInterrupt raised inside the walk, as SIGINT
     does): the interruption goes on as itself and nothing is left."""
-    from ovfstream.vmdk.reader import extract_zst
+    from ovfstream.vmdk.extract import extract_zst
     src = tmp_path / "g.vmdk"
     src.write_bytes(GOOD)
 
     original = VmdkReader.iter_grains
 
-    def grains_then_interrupt(self: VmdkReader) -> Iterator[tuple[int, bytes]]:
-        walk = original(self)
+    def grains_then_interrupt(self: VmdkReader, *, workers: int = 1
+                              ) -> Iterator[tuple[int, bytes]]:
+        walk = original(self, workers=workers)
         yield next(walk)
         yield next(walk)
         raise KeyboardInterrupt
@@ -726,7 +728,7 @@ def hostile_vmdks(draw: st.DrawFn) -> tuple[bytes, int, dict[int, bytes]]:
 @given(case=hostile_vmdks())
 def test_hostile_descriptor_and_header_classes(tmp_path_factory: pytest.TempPathFactory,
                                                case: tuple[bytes, int, dict[int, bytes]]) -> None:
-    from ovfstream.vmdk.reader import extract_zst
+    from ovfstream.vmdk.extract import extract_zst
     data, capacity, grains = case
     started = time.perf_counter()
     try:

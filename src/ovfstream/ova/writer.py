@@ -10,21 +10,33 @@ descriptor's from a render with the widest numbers, padded with whitespace at th
 disk follows a placeholder header that is patched once its size is known, and the front is
 written last.  Streaming output (a pipe): the disks are spooled compressed to a temporary
 folder while being digested, then the archive goes out in order; the bytes are the same.
+The OVF folder form (FolderWriter) writes the same members as files side by side, each under
+a temporary name, all renamed into place together at the end.
+
+Each writer takes a member as ``with writer.member(name) as sink: ...``: the body writes the
+bytes into the sink; after the block, ``sink.size`` and ``sink.hexdigest()`` are final (and
+the member's header is in place).  ``finish(front)`` writes the descriptor, manifest and
+certificate last.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
+
+from ..atomic import AtomicFiles
 
 from ..manifest import DIGESTS
 from . import tar
 
-__all__ = ["MemberSink", "SeekableOvaWriter", "StreamingOvaWriter", "FrontMembers"]
+__all__ = ["MemberSink", "KnownDigestSink", "Sink", "SeekableOvaWriter", "StreamingOvaWriter",
+           "FolderWriter", "FrontMembers"]
 
 
 class MemberSink:
@@ -47,6 +59,33 @@ class MemberSink:
         return self._hasher.hexdigest()
 
 
+class KnownDigestSink:
+    """Counts and writes a member whose digest is already known, without hashing it: repack
+    copies a disk member byte for byte and its digest is the input manifest's, which is
+    checked against the input's bytes (on another core) before the output is committed."""
+
+    def __init__(self, write: Callable[[bytes | bytearray | memoryview], object],
+                 hexdigest: str) -> None:
+        self._write = write
+        self._digest = hexdigest
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._write(data)
+        self.size += len(data)
+
+    def hexdigest(self) -> str:
+        return self._digest
+
+
+Sink = MemberSink | KnownDigestSink
+
+
+def _sink(write: Callable[[bytes | bytearray | memoryview], object], algorithm: str,
+          digest: str | None) -> Sink:
+    return MemberSink(write, algorithm) if digest is None else KnownDigestSink(write, digest)
+
+
 @dataclass(frozen=True)
 class FrontMembers:
     """The members before the disks: (name, reserved size) in archive order."""
@@ -67,25 +106,25 @@ class SeekableOvaWriter:
         self._algorithm = algorithm
         f.seek(front.span_bytes())
 
-    def add_member(self, name: str, produce: Callable[[MemberSink], None]) -> tuple[int, str]:
-        """Stream one member: ``produce`` writes its bytes into the sink.  (size, digest)."""
+    @contextlib.contextmanager
+    def member(self, name: str, digest: str | None = None) -> Iterator[Sink]:
+        """Stream one member into the sink; its header is patched once the size is known."""
         tar.check_member_name(name)
         header_at = self._f.tell()
         self._f.write(bytes(tar.BLOCK))  # placeholder until the size is known
-        sink = MemberSink(self._f.write, self._algorithm)
-        produce(sink)
+        sink = _sink(self._f.write, self._algorithm, digest)
+        yield sink
         self._f.write(bytes(tar.padding_for(sink.size)))
         end = self._f.tell()
         self._f.seek(header_at)
         self._f.write(tar.encode_header(name, sink.size, mtime=self._mtime))
         self._f.seek(end)
-        return sink.size, sink.hexdigest()
 
-    def finish(self, front_data: list[bytes]) -> None:
+    def finish(self, front: Sequence[tuple[str, bytes]]) -> None:
         """Write the front members (exactly their reserved sizes) and the end of archive."""
         self._f.write(tar.END_OF_ARCHIVE)
         self._f.seek(0)
-        for (name, size), data in zip(self._front.slots, front_data, strict=True):
+        for (name, size), (_, data) in zip(self._front.slots, front, strict=True):
             if len(data) != size:
                 raise ValueError("front member %s: %d bytes for a %d-byte slot"
                                  % (name, len(data), size))
@@ -105,16 +144,16 @@ class StreamingOvaWriter:
         self._dir = tempfile.mkdtemp(prefix="ovfstream-", dir=spool_dir)
         self._spooled: list[tuple[str, str, int]] = []
 
-    def add_member(self, name: str, produce: Callable[[MemberSink], None]) -> tuple[int, str]:
+    @contextlib.contextmanager
+    def member(self, name: str, digest: str | None = None) -> Iterator[Sink]:
         tar.check_member_name(name)
         path = os.path.join(self._dir, "%d" % len(self._spooled))
         with open(path, "wb") as f:
-            sink = MemberSink(f.write, self._algorithm)
-            produce(sink)
+            sink = _sink(f.write, self._algorithm, digest)
+            yield sink
         self._spooled.append((name, path, sink.size))
-        return sink.size, sink.hexdigest()
 
-    def finish(self, front: list[tuple[str, bytes]]) -> None:
+    def finish(self, front: Sequence[tuple[str, bytes]]) -> None:
         for name, data in front:
             self._out.write(tar.encode_header(name, len(data), mtime=self._mtime))
             self._out.write(data)
@@ -130,3 +169,38 @@ class StreamingOvaWriter:
 
     def close(self) -> None:
         shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class FolderWriter:
+    """The OVF folder form: each member a file beside the descriptor, written under a
+    temporary name; ``finish`` renames them all into place together (the disks, certificate,
+    manifest, and the descriptor last: its presence says the folder is complete), so a
+    failure leaves the previous package as it was."""
+
+    def __init__(self, group: AtomicFiles, folder: str, *, algorithm: str,
+                 stale: Sequence[str] = (), mtime: int | None = None) -> None:
+        self._group = group
+        self._folder = folder
+        self._algorithm = algorithm
+        self._stale = stale          # names removed at the commit unless written again
+        self._mtime = mtime          # given each file when set
+
+    @contextlib.contextmanager
+    def member(self, name: str, digest: str | None = None) -> Iterator[Sink]:
+        f = self._group.open(os.path.join(self._folder, name))
+        sink = _sink(f.write, self._algorithm, digest)
+        yield sink
+        if self._mtime is not None:
+            f.flush()
+            with contextlib.suppress(AttributeError, OSError, ValueError):  # /dev/null sink
+                os.utime(f.fileno(), (self._mtime, self._mtime))
+        self._group.close(f)
+
+    def finish(self, front: Sequence[tuple[str, bytes]]) -> None:
+        written = {name for name, _ in front}
+        for name in self._stale:
+            if name not in written:  # e.g. an earlier signed pack's certificate
+                self._group.remove_stale(os.path.join(self._folder, name))
+        for name, data in reversed(front):
+            with self.member(name) as sink:
+                sink.write(data)

@@ -36,6 +36,8 @@ __all__ = [
     "DiskSlot",
     "VirtualMachine",
     "DiskEntry",
+    "CarriedSection",
+    "CARRIED_PLACES",
 ]
 
 Adapter = Literal["vmxnet3", "e1000", "e1000e"]
@@ -301,6 +303,29 @@ class Product:
         return tuple(self.transport.split(",")) if self.transport else ()
 
 
+# Where a carried element goes: an Envelope section (before the VirtualSystem; ``Strings``
+# after it), a VirtualSystem section (after the modeled ones), or a VirtualHardwareSection
+# extension element (after the Items).
+CARRIED_PLACES: tuple[str, ...] = ("envelope", "system", "hardware")
+
+
+@dataclass(frozen=True)
+class CarriedSection:
+    """A descriptor element ovfstream does not model, carried over as written (repack):
+    ProductSection with its properties, EulaSection, AnnotationSection, vendor sections,
+    vmw:Config extensions.  ``xml`` is the element serialized with its namespace
+    declarations; the writer moves it into the envelope namespace it writes (OVF 1 <-> 2)."""
+
+    place: str
+    kind: str             # local name, for messages ("ProductSection")
+    xml: bytes
+
+    def __post_init__(self) -> None:
+        _check_choice("carried.place", self.place, CARRIED_PLACES)
+        if not isinstance(self.xml, bytes) or not self.xml.startswith(b"<"):
+            raise _fail("carried.xml", self.xml[:40], "one serialized XML element")
+
+
 @dataclass(frozen=True, kw_only=True)
 class DiskSlot:
     """Where a disk is attached: controller kind and, for SCSI, the controller model."""
@@ -351,6 +376,10 @@ class VirtualMachine:
     # (VirtualBox's "virtualbox-2.2"), and how SATA controllers are spelled.
     system_type: str | None = None
     sata_subtype: str = "vmware.sata.ahci"
+    # Carried over from a package being repacked (above); ``hardware_transport`` is the
+    # VirtualHardwareSection's ovf:transport when no modeled Product gives one.
+    carried: tuple[CarriedSection, ...] = ()
+    hardware_transport: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -414,6 +443,12 @@ class VirtualMachine:
             raise _fail("system_type", self.system_type,
                         "None or 1-64 letters, digits, '.', '_', '-', spaces")
         _check_choice("sata_subtype", self.sata_subtype, SATA_SUBTYPES)
+        if not isinstance(self.carried, tuple) or not all(
+                isinstance(c, CarriedSection) for c in self.carried):
+            raise _fail("carried", self.carried, "a tuple of CarriedSection")
+        if self.hardware_transport is not None:
+            _check_text("hardware_transport", self.hardware_transport, single_line=True,
+                        max_len=1024, empty_ok=False)
 
     @property
     def guest(self) -> GuestOs:

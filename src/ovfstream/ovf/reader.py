@@ -51,6 +51,23 @@ from lxml import etree
 
 from ..errors import Finding, OvfFormatError, Severity, location
 from . import schema, validate
+from .namespaces import (
+    NS_OVF09,
+    NS_VBOX,
+    NS_VMW,
+    NS_XSI,
+    RT_CDROM as _RT_CDROM,
+    RT_CPU as _RT_CPU,
+    RT_DVD as _RT_DVD,
+    RT_ETHERNET as _RT_ETHERNET,
+    RT_IDE as _RT_IDE,
+    RT_MEMORY as _RT_MEMORY,
+    RT_NVME as _RT_NVME,
+    RT_OTHER_STORAGE as _RT_OTHER_STORAGE,
+    RT_SAS as _RT_SAS,
+    RT_SATA as _RT_SATA,
+    RT_SCSI as _RT_SCSI,
+)
 from .summary import (
     DeploymentOption,
     Descriptor,
@@ -62,7 +79,7 @@ from .summary import (
     VirtualSystemInfo,
 )
 
-__all__ = ["parse_descriptor", "RULES", "MAX_DESCRIPTOR_BYTES", "MAX_ENTRIES", "NS_OVF09",
+__all__ = ["parse_descriptor", "parse_descriptor_tree", "RULES", "MAX_DESCRIPTOR_BYTES", "MAX_ENTRIES", "NS_OVF09",
            "parse_units"]
 
 # Descriptors seen in the wild are 300 bytes to a few hundred KiB (big ProductSections with
@@ -73,10 +90,6 @@ MAX_DESCRIPTOR_BYTES = 16 << 20
 # keeps what verify and inspect do per entry (lookups, findings, output lines) cheap.
 MAX_ENTRIES = 10_000
 
-NS_OVF09 = "http://www.vmware.com/schema/ovf/1/envelope"
-NS_VMW = "http://www.vmware.com/schema/ovf"
-NS_VBOX = "http://www.virtualbox.org/ovf/machine"
-NS_XSI = "http://www.w3.org/2001/XMLSchema-instance"
 
 _VERSION_OF_NS = {schema.NS_OVF1: "1.x", schema.NS_OVF2: "2.x", NS_OVF09: "0.9"}
 
@@ -116,9 +129,6 @@ RULES: dict[str, str] = {
     "ovf.xsd": "strict mode: the descriptor breaks the DMTF XSD of its OVF version",
 }
 
-# RASD ResourceType values (CIM_ResourceAllocationSettingData) that the summary reads.
-_RT_CPU, _RT_MEMORY, _RT_IDE, _RT_SCSI, _RT_ETHERNET, _RT_OTHER_STORAGE = 3, 4, 5, 6, 10, 20
-_RT_SATA, _RT_SAS, _RT_NVME = 32, 33, 34  # CIM 2.x values some exporters use
 
 _ITEM_KINDS = frozenset({"Item", "StorageItem", "EthernetPortItem"})
 _MAX_XSD_FINDINGS = 100  # per schema version; a broken file can produce thousands of lines
@@ -803,6 +813,8 @@ def _read_system(doc: _Doc, vs: etree._Element, env_disks: dict[str, DiskInfo],
     disks: list[DiskInfo] = []
     nics: list[NicInfo] = []
     configs: dict[str, str] = {}
+    cdrom = False
+    transport = sata_subtype = None
     for number, vhs in enumerate(sections):
         items = []
         for el in vhs:
@@ -813,6 +825,7 @@ def _read_system(doc: _Doc, vs: etree._Element, env_disks: dict[str, DiskInfo],
         if number:  # further sections describe other virtualization types; check only
             continue
         configs = _vmw_configs(doc, vhs)
+        transport = doc.attr(vhs, "transport")
         system = doc.child(vhs, "System")
         if system is not None:
             fields = _Item(system, doc)
@@ -827,6 +840,8 @@ def _read_system(doc: _Doc, vs: etree._Element, env_disks: dict[str, DiskInfo],
                 cores = doc.integer(item.get("CoresPerSocket"), "CoresPerSocket", item.el)
             elif rt == _RT_MEMORY and memory is None:
                 memory = _memory_mib(doc, item)
+            elif rt in (_RT_CDROM, _RT_DVD):
+                cdrom = True
             elif rt == _RT_ETHERNET:
                 nics.append(NicInfo(network=item.get("Connection"),
                                     adapter_type=item.get("ResourceSubType"),
@@ -837,6 +852,8 @@ def _read_system(doc: _Doc, vs: etree._Element, env_disks: dict[str, DiskInfo],
                 disk = _attached_disk(item, disks_by_id, by_instance)
                 if disk is not None:
                     disks.append(disk)
+                elif _controller_name(item) == "sata" and sata_subtype is None:
+                    sata_subtype = item.get("ResourceSubType")
 
     firmware, secure_boot = _firmware(doc, vs, configs)
     annotation = None
@@ -849,7 +866,8 @@ def _read_system(doc: _Doc, vs: etree._Element, env_disks: dict[str, DiskInfo],
         cpus=cpus, cores_per_socket=cores, memory_mib=memory,
         firmware=firmware, secure_boot=secure_boot, hw_version=hw_version,
         disks=tuple(disks), nics=tuple(nics), product=_read_product(doc, vs),
-        eula=doc.child(vs, "EulaSection") is not None, annotation=annotation)
+        eula=doc.child(vs, "EulaSection") is not None, annotation=annotation, cdrom=cdrom,
+        transport=transport, sata_subtype=sata_subtype)
 
 
 def _attached_disk(item: _Item, disks_by_id: Mapping[str, DiskInfo],
@@ -914,6 +932,17 @@ def parse_descriptor(data: bytes, *, path: str, strict: bool = False,
     it raises :class:`~ovfstream.errors.UnsupportedError` only when a schema folder named by
     ``schema_dir`` or ``$OVFSTREAM_SCHEMA_DIR`` holds no schema.
     """
+    descriptor, findings, _root = parse_descriptor_tree(data, path=path, strict=strict,
+                                                        schema_dir=schema_dir, max_bytes=max_bytes)
+    return descriptor, findings
+
+
+def parse_descriptor_tree(data: bytes, *, path: str, strict: bool = False,
+                          schema_dir: str | os.PathLike[str] | None = None,
+                          max_bytes: int = MAX_DESCRIPTOR_BYTES
+                          ) -> tuple[Descriptor, list[Finding], etree._Element]:
+    """:func:`parse_descriptor` plus the parsed Envelope element (what repack carries the
+    sections it does not model from)."""
     data = bytes(data)
     if len(data) > max_bytes:
         raise OvfFormatError("ovf.xml.size", "descriptor is %d bytes, more than the limit of %d"
@@ -971,7 +1000,7 @@ def parse_descriptor(data: bytes, *, path: str, strict: bool = False,
         root=(doc.kind(content) or "") if content is not None else "",
         root_id=doc.attr(content, "id") if content is not None else None,
         deployment_options=tuple(options), default_configuration=default_configuration)
-    return descriptor, findings
+    return descriptor, findings, root
 
 
 def _validate(doc: _Doc, version: str, schema_dir: str | os.PathLike[str] | None) -> None:

@@ -24,12 +24,11 @@ from pathlib import Path
 from lxml import etree
 
 from ..errors import UnsupportedError
+from .namespaces import NS_OVF1, NS_OVF2
 
 __all__ = ["NS_OVF1", "NS_OVF2", "find_schema_dir", "available_versions", "schema_for",
            "validate", "versions_for", "ENTRY_POINTS", "user_schema_dir"]
 
-NS_OVF1 = "http://schemas.dmtf.org/ovf/envelope/1"
-NS_OVF2 = "http://schemas.dmtf.org/ovf/envelope/2"
 
 # version label -> entry point relative to the schema folder.  The 1.0.0 XenAdmin copy has
 # location-less imports, so its locally written wrapper is the entry point.

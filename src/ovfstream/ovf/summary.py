@@ -129,6 +129,9 @@ class VirtualSystemInfo:
     product: ProductInfo | None = None
     eula: bool = False
     annotation: str | None = None
+    cdrom: bool = False               # a CD/DVD drive Item (ResourceType 15 or 16)
+    transport: str | None = None      # VirtualHardwareSection ovf:transport
+    sata_subtype: str | None = None   # a SATA controller's ResourceSubType as written
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,24 @@ from typing import Any, Literal
 from lxml import etree
 
 from ..errors import Finding, UsageError, location
+from .namespaces import (
+    CONTROLLER_RTS,
+    NS_OVF1,
+    NS_OVF2,
+    NS_OVF09,
+    NS_VMW,
+    RT_CDROM,
+    RT_CPU,
+    RT_DISK,
+    RT_ETHERNET,
+    RT_FLOPPY,
+    RT_IDE,
+    RT_MEMORY,
+    RT_OTHER_STORAGE,
+    RT_SCSI,
+    RT_SOUND,
+    RT_USB,
+)
 from .model import GUEST_OS, NIC_ADAPTERS, SCSI_TYPES, DiskSlot, Nic, VirtualMachine
 
 __all__ = ["Setting", "Limit", "Target", "TARGETS", "RULES", "get_target", "target_names",
@@ -43,10 +61,6 @@ __all__ = ["Setting", "Limit", "Target", "TARGETS", "RULES", "get_target", "targ
 
 Severity = Literal["error", "warning"]
 
-NS_OVF1 = "http://schemas.dmtf.org/ovf/envelope/1"
-NS_OVF2 = "http://schemas.dmtf.org/ovf/envelope/2"
-NS_OVF09 = "http://www.vmware.com/schema/ovf/1/envelope"
-NS_VMW = "http://www.vmware.com/schema/ovf"
 
 RULES: dict[str, str] = {
     "target.ovf_version": "verify --target: the envelope's OVF version is one the target does "
@@ -798,7 +812,7 @@ class LintInput:
     package_bytes: int | None = None            # size of the .ova
 
 
-_RT_NAMES = {5: "ide", 6: "scsi", 20: "other storage"}
+_RT_NAMES = {RT_IDE: "ide", RT_SCSI: "scsi", RT_OTHER_STORAGE: "other storage"}
 _VMWARE_SCSI = {"lsilogic": 4, "buslogic": 4, "lsilogicsas": 7, "VirtualSCSI": 7}
 _VMWARE_RT20 = {"vmware.sata.ahci": 10, "vmware.nvme.controller": 13}
 _VMWARE_NICS = {"E1000": 4, "PCNet32": 4, "VmxNet": 4, "VmxNet2": 7, "VmxNet3": 7,
@@ -806,7 +820,8 @@ _VMWARE_NICS = {"E1000": 4, "PCNet32": 4, "VmxNet": 4, "VmxNet2": 7, "VmxNet3": 
 _VBOX_MEMORY_UNITS = ("MegaBytes", "MB", "byte * 2^20", "GigaBytes", "GB", "byte * 2^30")
 _VBOX_RT20 = ("ahci", "vmware.sata.ahci", "virtioscsi", "virtio-scsi", "nvme",
               "vmware.nvme.controller")
-_VBOX_HANDLED = frozenset({3, 4, 5, 6, 10, 14, 15, 17, 20, 23, 35})
+_VBOX_HANDLED = frozenset({RT_CPU, RT_MEMORY, RT_IDE, RT_SCSI, RT_ETHERNET, RT_FLOPPY,
+                           RT_CDROM, RT_DISK, RT_OTHER_STORAGE, RT_USB, RT_SOUND})
 _PVE_HREF = re.compile(r"[ a-zA-Z0-9\-.+=_]+\Z")
 _PVE_ID = re.compile(r"[A-Za-z0-9\-._~]+\Z")
 _PVE_SUFFIXES = (".qcow2", ".raw", ".vmdk")
@@ -900,10 +915,10 @@ class _Lint:
                 elif _ns(el) == NS_VMW and name in ("Config", "ExtraConfig"):
                     self.configs.append(el)
         self.by_id = {i.get("InstanceID") or i.get("InstanceId"): i for i in self.items}
-        self.disk_items = [i for i in self.items if i.rt == 17
+        self.disk_items = [i for i in self.items if i.rt == RT_DISK
                            or (i.get("HostResource") or "").find("disk/") >= 0]
-        self.nic_items = [i for i in self.items if i.rt == 10]
-        self.controllers = [i for i in self.items if i.rt in (5, 6, 20)]
+        self.nic_items = [i for i in self.items if i.rt == RT_ETHERNET]
+        self.controllers = [i for i in self.items if i.rt in CONTROLLER_RTS]
         # The newest family of VirtualSystemType the target runs (None: none, or not VMware).
         self.vmx = self._runnable_vmx()
 
@@ -939,9 +954,9 @@ class _Lint:
 
     def controller_token(self, ctl: _Item) -> str:
         sub = (ctl.get("ResourceSubType") or "").strip()
-        if ctl.rt == 5:
+        if ctl.rt == RT_IDE:
             return "ide"
-        if ctl.rt == 6:
+        if ctl.rt == RT_SCSI:
             return "scsi:" + {"virtualscsi": "pvscsi"}.get(sub.lower(), sub.lower() or "lsilogic")
         low = sub.lower()
         if "sata" in low or "ahci" in low:
@@ -954,7 +969,7 @@ class _Lint:
         seen: dict[int, _Item] = {}
         for disk in self.disk_items:
             parent = self.by_id.get(disk.get("Parent"))
-            if parent is not None and parent.rt in (5, 6, 20):
+            if parent is not None and parent.rt in CONTROLLER_RTS:
                 seen.setdefault(id(parent), parent)
         return list(seen.values())
 
@@ -969,7 +984,7 @@ class _Lint:
             tokens["firmware"] = {"efi"}
         if self.secure_boot():
             tokens["secure_boot"] = {"true"}
-        if any(i.rt == 15 for i in self.items):
+        if any(i.rt == RT_CDROM for i in self.items):
             tokens["cdrom"] = {"true"}
         if self.vs is not None and any(_local(p) == "Property" for s in self.vs
                                        if _local(s) == "ProductSection" for p in s.iter()):
@@ -1035,13 +1050,13 @@ class _Lint:
         vmx = self.vmx
         for ctl in self.controllers:
             sub = ctl.get("ResourceSubType")
-            if ctl.rt == 5 and sub:
+            if ctl.rt == RT_IDE and sub:
                 self.add("target.controller", "error", "IDE controller with ResourceSubType "
                          "%r: vSphere says \"Value ''%s'' of ResourceSubType element not found "
                          "in []\" (write IDE without a subtype) [inverse-inc/packetfence#5522]"
                          % (sub, sub), ctl.line)
-            elif ctl.rt in (6, 20):
-                table = _VMWARE_SCSI if ctl.rt == 6 else _VMWARE_RT20
+            elif ctl.rt in (RT_SCSI, RT_OTHER_STORAGE):
+                table = _VMWARE_SCSI if ctl.rt == RT_SCSI else _VMWARE_RT20
                 if sub not in table:
                     self.add("target.controller", "error", "%s controller ResourceSubType %r "
                              "is not one VMware knows (%s; all lower case but VirtualSCSI) "
@@ -1053,7 +1068,7 @@ class _Lint:
                              % (sub, table[sub], vmx), ctl.line)
         for disk in self.disk_items:
             parent = self.by_id.get(disk.get("Parent"))
-            if parent is None or parent.rt not in (5, 6, 20):
+            if parent is None or parent.rt not in CONTROLLER_RTS:
                 self.add("target.controller", "error", "disk Item's Parent %r is not a disk "
                          "controller: vSphere says \"VALUE_ILLEGAL: Value ''%s'' of Parent "
                          "element does not refer to a ref of type DiskControllerReference.\" "
@@ -1142,7 +1157,7 @@ class _Lint:
 
     # -- units -----------------------------------------------------------------------------
     def _memory(self) -> _Item | None:
-        return next((i for i in self.items if i.rt == 4), None)
+        return next((i for i in self.items if i.rt == RT_MEMORY), None)
 
     def lint_memory_units_mib(self) -> None:
         mem = self._memory()
@@ -1279,13 +1294,13 @@ class _Lint:
         kinds: dict[str, int] = {}
         for ctl in self.controllers:
             sub = (ctl.get("ResourceSubType") or "").strip()
-            if ctl.rt == 20 and sub.lower() not in _VBOX_RT20:
+            if ctl.rt == RT_OTHER_STORAGE and sub.lower() not in _VBOX_RT20:
                 self.add("target.controller", "error", "VirtualBox says 'Host resource of type "
                          "\"Other Storage Device (20)\" is supported with SATA AHCI or Virtio-"
                          "SCSI or NVMe controllers only, line %d (subtype:%s)' [%s]"
                          % (ctl.line, sub, _SRC_VBOX), ctl.line)
                 continue
-            if ctl.rt == 5 and sub and sub.upper() not in ("PIIX3", "PIIX4", "ICH6"):
+            if ctl.rt == RT_IDE and sub and sub.upper() not in ("PIIX3", "PIIX4", "ICH6"):
                 self.add("target.controller", "warning", "IDE subtype %r: VirtualBox knows "
                          "PIIX3, PIIX4, ICH6 and uses PIIX4 otherwise [%s]" % (sub, _SRC_VBOX),
                          ctl.line)

@@ -40,21 +40,27 @@ from lxml import etree
 
 from ..errors import Finding, location
 from . import schema
-from .schema import NS_OVF1, NS_OVF2
-from .writer import NS_RASD, NS_VMW, NS_VSSD
+from .namespaces import (
+    NS_BOOTC,
+    NS_BOOTS,
+    NS_CIM,
+    NS_EPASD,
+    NS_OVF1,
+    NS_OVF2,
+    NS_RASD,
+    NS_SASD,
+    NS_VMW,
+    NS_VSSD,
+    NS_XENC,
+    NS_XENC11,
+    NS_XML,
+    NS_XSI,
+    RT_MEMORY as _RT_MEMORY,
+)
 
 __all__ = ["RULES", "XSD_RULES", "Issue", "Report", "check", "check_findings",
            "strict_validators", "VERSIONS_FOR_NAMESPACE", "parse_programmatic_unit"]
 
-NS_CIM = "http://schemas.dmtf.org/wbem/wscim/1/common"
-NS_EPASD = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_EthernetPortAllocationSettingData"
-NS_SASD = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_StorageAllocationSettingData"
-NS_BOOTC = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_BootConfigSetting"
-NS_BOOTS = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_BootSourceSetting"
-NS_XML = "http://www.w3.org/XML/1998/namespace"
-NS_XSI = "http://www.w3.org/2001/XMLSchema-instance"
-NS_XENC = "http://www.w3.org/2001/04/xmlenc#"
-NS_XENC11 = "http://www.w3.org/2009/xmlenc11#"
 
 VERSIONS_FOR_NAMESPACE: dict[str, tuple[str, ...]] = {NS_OVF1: ("1.0.0", "1.1.1"),
                                                       NS_OVF2: ("2.0.1",)}
@@ -1000,7 +1006,6 @@ _PROPERTY_TYPES = frozenset({"uint8", "sint8", "uint16", "sint16", "uint32", "si
                              "sint64", "string", "boolean", "real32", "real64"})
 _START_ACTIONS = frozenset({"powerOn", "none"})
 _STOP_ACTIONS = frozenset({"powerOff", "guestShutdown", "none"})
-_RT_MEMORY = 4
 
 
 class _Spec:

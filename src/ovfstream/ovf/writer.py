@@ -46,6 +46,23 @@ from typing import Literal
 from lxml import etree
 
 from ..errors import UsageError
+from .namespaces import (
+    ENVELOPE_NS,
+    NS_OVF1,
+    NS_OVF2,
+    NS_RASD,
+    NS_VMW,
+    NS_VSSD,
+    RT_CDROM,
+    RT_CPU,
+    RT_DISK,
+    RT_ETHERNET,
+    RT_IDE,
+    RT_MEMORY,
+    RT_OTHER_STORAGE,
+    RT_SCSI,
+    VMDK_STREAM_FORMAT,
+)
 from .model import (
     NIC_ADAPTERS,
     SCSI_TYPES,
@@ -68,19 +85,17 @@ __all__ = [
     "pad_to",
 ]
 
-NS_OVF1 = "http://schemas.dmtf.org/ovf/envelope/1"
-NS_OVF2 = "http://schemas.dmtf.org/ovf/envelope/2"
-NS_RASD = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData"
-NS_VSSD = "http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_VirtualSystemSettingData"
-NS_VMW = "http://www.vmware.com/schema/ovf"
-VMDK_STREAM_FORMAT = "http://www.vmware.com/interfaces/specifications/vmdk.html#streamOptimized"
 
 OvfVersion = Literal["1.0", "2.0"]
-_ENVELOPE_NS = {"1.0": NS_OVF1, "2.0": NS_OVF2}
+_ENVELOPE_NS = ENVELOPE_NS
+_OVF_NAMESPACES = frozenset({NS_OVF1, NS_OVF2})
+# Carried elements are our own serialization of an already parsed (and checked) descriptor;
+# parsed again with nothing external ever loaded.
+def _carried_parser() -> etree.XMLParser:
+    # One per call: lxml parsers are not safe to share between threads.
+    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False,
+                           remove_comments=True, remove_pis=True)
 
-# RASD ResourceType values (CIM_ResourceAllocationSettingData ValueMap, FORMATS 5).
-RT_CPU, RT_MEMORY, RT_IDE, RT_SCSI, RT_ETHERNET, RT_CDROM, RT_DISK, RT_OTHER_STORAGE = (
-    3, 4, 5, 6, 10, 15, 17, 20)
 
 _MAX_U64 = 2**64 - 1
 # Bytes added to the computed bound: the bound is exact for the fields that vary, the
@@ -282,8 +297,44 @@ class _Builder:
             for name in networks:
                 net = self.sub(section, "Network", name=name)
                 self.sub(net, "Description", "The %s network" % name)
+        self.carry(root, "envelope", strings=False)
         self.virtual_system(root)
+        self.carry(root, "envelope", strings=True)
         return root
+
+    # -- carried elements (repack) -------------------------------------------------------
+    def carry(self, parent: etree._Element, place: str, *, strings: bool | None = None) -> None:
+        for section in self.vm.carried:
+            if section.place != place:
+                continue
+            el = etree.fromstring(section.xml, _carried_parser())
+            if strings is not None and (etree.QName(el).localname == "Strings") != strings:
+                continue
+            extra = {prefix: uri for prefix, uri in el.nsmap.items()
+                     if prefix is not None and uri not in _OVF_NAMESPACES
+                     and uri not in parent.nsmap.values()}
+            self.graft(parent, el, extra)
+
+    def graft(self, parent: etree._Element, el: etree._Element,
+              nsmap: dict[str, str] | None = None) -> None:
+        """Copy ``el`` under ``parent``: OVF 1/2 names move to the envelope namespace being
+        written; whitespace-only text is dropped so pretty printing indents it as ours."""
+        child = etree.SubElement(parent, self.rename(el.tag), nsmap=nsmap or None)
+        for key, value in el.attrib.items():
+            child.set(self.rename(key), value)
+        if el.text and el.text.strip():
+            child.text = el.text
+        for sub in el:
+            if isinstance(sub.tag, str):
+                self.graft(child, sub)
+                if sub.tail and sub.tail.strip():
+                    child[-1].tail = sub.tail
+
+    def rename(self, name: str) -> str:
+        qname = etree.QName(name)
+        if qname.namespace in _OVF_NAMESPACES:
+            return self.o(qname.localname)
+        return name
 
     def virtual_system(self, root: etree._Element) -> None:
         vm = self.vm
@@ -304,12 +355,14 @@ class _Builder:
         if vm.eula is not None:
             section = self.section(system, "EulaSection", "End User License Agreement")
             self.sub(section, "License", vm.eula)
+        self.carry(system, "system")
 
     def hardware(self, system: etree._Element) -> None:
         vm = self.vm
         hw = self.section(system, "VirtualHardwareSection", "Virtual hardware requirements")
-        if vm.product is not None and vm.product.transport:
-            hw.set(self.o("transport"), vm.product.transport)
+        transport = vm.product.transport if vm.product is not None else vm.hardware_transport
+        if transport:
+            hw.set(self.o("transport"), transport)
         vssd = self.sub(hw, "System")
         for key, value in (("ElementName", "Virtual Hardware Family"), ("InstanceID", "0"),
                            ("VirtualSystemIdentifier", vm.name),
@@ -369,6 +422,7 @@ class _Builder:
             self.vmw_config(hw, "firmware", "efi")
             if vm.secure_boot:
                 self.vmw_config(hw, "bootOptions.efiSecureBootEnabled", "true")
+        self.carry(hw, "hardware")
 
     def product(self, system: etree._Element) -> None:
         product = self.vm.product

@@ -20,7 +20,7 @@ from ..errors import UsageError
 from .base import DiskSource, Extent, OpenFile
 from .detect import check_input_format, require_input_format
 
-__all__ = ["RawSource", "file_data_extents"]
+__all__ = ["RawSource", "data_extents"]
 
 
 class RawSource(DiskSource):
@@ -37,7 +37,7 @@ class RawSource(DiskSource):
             st = self._file.stat
             self.size_bytes = self._file.size
             if stat.S_ISREG(st.st_mode):
-                self.extents = file_data_extents(self._file.fd, self.size_bytes)
+                self.extents = data_extents(self._file.fd, 0, self.size_bytes)
             else:  # a block device (open_regular_fd let nothing else through)
                 self.extents = [(0, self.size_bytes)] if self.size_bytes else []
             self.mtime = int(st.st_mtime)
@@ -62,25 +62,25 @@ class RawSource(DiskSource):
         self._file.pread_into(view, offset)
 
 
-def file_data_extents(fd: int, size: int) -> list[Extent]:
-    """Data ranges of the first ``size`` bytes of the regular file ``fd``, by
-    SEEK_DATA/SEEK_HOLE; one whole extent where the file system cannot say."""
+def data_extents(fd: int, start: int, end: int) -> list[Extent]:
+    """Data ranges of the regular file ``fd`` inside [start, end), by SEEK_DATA/SEEK_HOLE;
+    one extent over the whole range where the file system cannot tell."""
     extents: list[Extent] = []
-    pos = 0
-    while pos < size:
+    pos = start
+    while pos < end:
         try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
+            first = os.lseek(fd, pos, os.SEEK_DATA)
         except OSError as exc:
             if exc.errno == errno.ENXIO:  # no data after pos
                 break
             if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-                return [(0, size)]
+                return [(start, end)]
             raise
-        if start >= size:
+        if first >= end:
             break
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        if end <= start:
+        last = min(os.lseek(fd, first, os.SEEK_HOLE), end)
+        if last <= first:
             break
-        extents.append((start, end))
-        pos = end
+        extents.append((first, last))
+        pos = last
     return extents

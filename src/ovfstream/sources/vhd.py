@@ -32,7 +32,7 @@ from typing import Iterator
 from ..errors import FormatError
 from .base import DiskSource, fill_zeros
 from .blocks import BlockTableSource, Claim, check_disjoint, coalesce, union
-from .raw import file_data_extents
+from .raw import data_extents
 
 __all__ = ["VhdSource", "VhdFormatError", "RULES", "vhd_virtual_size"]
 
@@ -163,7 +163,7 @@ class VhdSource(BlockTableSource):
             if self.size_bytes > data_bytes:
                 raise self._error("vhd.footer", "the disk is %d bytes but the file holds %d "
                                   "before its footer" % (self.size_bytes, data_bytes), at + 48)
-            self.extents = file_data_extents(self._file.fd, self.size_bytes)
+            self.extents = data_extents(self._file.fd, 0, self.size_bytes)
             self._read_extent = self._read_fixed  # type: ignore[method-assign]
         else:
             self._open_dynamic(data_offset, at)

@@ -18,6 +18,10 @@ FLAG_NEWLINE_TEST = 0x1               # bit 0: the \n \x20 \r \n check bytes are
 FLAG_REDUNDANT_GT = 0x2               # bit 1: a redundant GD/GT copy exists (never ours)
 FLAG_COMPRESSED = 0x10000             # bit 16: grains are compressed
 FLAG_MARKERS = 0x20000                # bit 17: markers frame the stream
+FLAG_ZEROED_GTE = 0x4                 # bit 2: a GT entry of 1 means "grain reads as zeros"
+KNOWN_INCOMPAT_FLAGS = FLAG_COMPRESSED | FLAG_MARKERS
+INCOMPAT_MASK = 0xFFFF0000            # bits 16+ change the layout: unknown ones are unsupported
+GTE_ZEROED = 1                        # the GT entry value FLAG_ZEROED_GTE gives a meaning
 FLAGS = FLAG_NEWLINE_TEST | FLAG_COMPRESSED | FLAG_MARKERS   # 0x00030001
 GRAIN_SECTORS = 128                   # grainSize: 64 KiB grains
 GRAIN_BYTES = GRAIN_SECTORS * SECTOR
@@ -48,6 +52,27 @@ MAX_FILE_SECTORS = 0xFFFFFFFF
 # compressAlgorithm, then padding to 512.
 HEADER = struct.Struct("<4sIIQQQQIQQQB4sH")
 MARKER = struct.Struct("<QII")  # val (LBA or sectors), size (payload bytes), type
+
+# Byte offsets of the header fields (a footer is a header: the same offsets), for messages
+# that point at the field; tests/vmdk/test_layout.py checks them against HEADER.
+AT_VERSION = 4
+AT_FLAGS = 8
+AT_CAPACITY = 12
+AT_GRAIN_SIZE = 20
+AT_DESCRIPTOR_OFFSET = 28
+AT_DESCRIPTOR_SIZE = 36
+AT_GTES_PER_GT = 44
+AT_RGD_OFFSET = 48
+AT_GD_OFFSET = 56
+AT_OVERHEAD = 64
+AT_UNCLEAN = 72
+AT_NEWLINE_CHECK = 73
+AT_COMPRESS_ALGORITHM = 77
+# ... and of a marker's fields: a grain marker's size field, a metadata marker's type, and
+# where a grain marker's compressed data starts.
+AT_MARKER_SIZE = 8
+AT_MARKER_TYPE = 12
+AT_GRAIN_DATA = 12
 
 
 @dataclass(frozen=True)

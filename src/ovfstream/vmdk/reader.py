@@ -1,4 +1,4 @@
-"""Reader for stream-optimized VMDK files: header, descriptor, marker walk, tables, extraction.
+"""Reader for stream-optimized VMDK files: header, embedded descriptor, marker walk, tables.
 
 Implements the reading side of the VMware "Virtual Disk Format 5.0" technote, section
 "Stream-Optimized Compressed Sparse Extents", as distilled in ../shared/FORMATS.md section 1,
@@ -21,26 +21,42 @@ from __future__ import annotations
 
 import io
 import os
-import re
 import struct
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 
-from ..atomic import atomic_output
 from ..errors import Finding, FormatError, UnsupportedError, VmdkFormatError, location
+from ..pipeline import ordered_map
 from ..regular import open_regular
 from .contentid import ContentId, fold_content_id, grain_digest
+from .descriptor import Descriptor
 from .layout import (
+    AT_CAPACITY,
+    AT_COMPRESS_ALGORITHM,
+    AT_DESCRIPTOR_OFFSET,
+    AT_GD_OFFSET,
+    AT_GRAIN_DATA,
+    AT_GRAIN_SIZE,
+    AT_GTES_PER_GT,
+    AT_MARKER_SIZE,
+    AT_MARKER_TYPE,
+    AT_NEWLINE_CHECK,
+    AT_OVERHEAD,
+    AT_VERSION,
     FLAG_COMPRESSED,
     FLAG_MARKERS,
     FLAG_NEWLINE_TEST,
+    FLAG_ZEROED_GTE,
     GD_AT_END,
     GRAIN_BYTES,
     GRAIN_SECTORS,
     GTES_PER_GT,
+    GTE_ZEROED,
+    INCOMPAT_MASK,
+    KNOWN_INCOMPAT_FLAGS,
     MAGIC,
     MARKER,
     MARKER_EOS,
@@ -62,21 +78,17 @@ except ImportError:  # pragma: no cover - isal is a declared dependency
     _inflate_mod = zlib  # type: ignore[assignment]
     _INFLATE_ERRORS = (zlib.error,)
 
+R = TypeVar("R")
+
 __all__ = [
     "RULES",
     "MAX_CAPACITY_SECTORS",
     "VmdkReader",
-    "Descriptor",
-    "Extent",
     "VerifyReport",
-    "ExtractResult",
     "ContentId",
     "grain_digest",
     "fold_content_id",
-    "extract_raw",
-    "extract_zst",
-    "write_raw",
-    "write_zst",
+    "is_zero",
 ]
 
 RULES: dict[str, str] = {
@@ -112,115 +124,16 @@ RULES: dict[str, str] = {
 # VMware's own limit is 62 TiB; the bound keeps the GD (4 bytes per 32 MiB) at <= 8 MiB.
 MAX_CAPACITY_SECTORS = 1 << 37
 MAX_DESCRIPTOR_SECTORS = 20480          # VirtualBox rejects more
-_ZEROED_GTE = 1                         # version-2 "zeroed grain" GT entry
-_FLAG_ZEROED_GTE = 0x4
-_KNOWN_INCOMPAT_FLAGS = FLAG_COMPRESSED | FLAG_MARKERS
-_INCOMPAT_MASK = 0xFFFF0000             # bits 16+ change the layout; unknown ones are unsupported
 _CHUNK = 1 << 20
 _MAX_FINDINGS = 100                     # per verify run: a broken file must not fill memory
 _TRAILING_CHECK_LIMIT = 64 << 20        # bytes after EOS we read to prove they are zero
 _ZERO_GRAIN = bytes(GRAIN_BYTES)
+_BATCH_GRAINS = 16                      # grains per inflate task (1 MiB inflated)
+_TAIL_SEARCH_BYTES = 64 << 10          # zero padding tolerated after a stream's EOS marker
 _GD_MARKER_SLACK = 128                  # sectors a writer may round its GD up by
 
 
 # Content id: in contentid.py, shared with the writer (re-exported here).
-
-
-# ---------------------------------------------------------------------------------------------
-# Embedded descriptor
-
-# Lines are split with str methods, never with a backtracking regex over the whole line: a
-# line of a million spaces must cost one pass (a regex with \s* around a lazy group was
-# quadratic).  The patterns below only ever match one whitespace-free token.
-_ACCESS = ("RW", "RDONLY", "NOACCESS")
-_WORD_RE = re.compile(r"\w+")
-_KEY_RE = re.compile(r"[A-Za-z0-9_.]+")
-_MAX_NUMBER_DIGITS = 20                 # a u64; int() of a longer string is refused or slow
-
-
-def _number(token: str) -> int | None:
-    if not token or len(token) > _MAX_NUMBER_DIGITS or not (token.isascii() and token.isdigit()):
-        return None
-    return int(token)
-
-
-def _parse_extent(line: str) -> "Extent | None":
-    """``ACCESS SECTORS TYPE ["FILE" [OFFSET]]`` (line already stripped), or None."""
-    parts = line.split(None, 3)
-    if len(parts) < 3 or parts[0] not in _ACCESS or not _WORD_RE.fullmatch(parts[2]):
-        return None
-    sectors = _number(parts[1])
-    if sectors is None:
-        return None
-    file_name = None
-    if len(parts) == 4:
-        rest = parts[3]
-        end = rest.find('"', 1)
-        if not rest.startswith('"') or end < 0:
-            return None
-        file_name = rest[1:end]
-        tail = rest[end + 1:]
-        if tail and (not tail[0].isspace() or _number(tail.strip()) is None):
-            return None
-    return Extent(parts[0], sectors, parts[2], file_name)
-
-
-@dataclass(frozen=True)
-class Extent:
-    """One extent line: ``RW 2048 SPARSE "disk.vmdk"``."""
-
-    access: str
-    sectors: int
-    kind: str
-    file_name: str | None
-
-
-@dataclass(frozen=True)
-class Descriptor:
-    """The embedded descriptor's text and the fields readers act on."""
-
-    text: str
-    entries: dict[str, str]          # header key=value lines (version, CID, createType...)
-    ddb: dict[str, str]              # ddb.* entries
-    extents: tuple[Extent, ...]
-    bad_lines: tuple[str, ...]       # lines that are neither comment, key=value nor extent
-
-    @property
-    def create_type(self) -> str | None:
-        return self.entries.get("createType")
-
-    @property
-    def cid(self) -> str | None:
-        return self.entries.get("CID")
-
-    @property
-    def parent_cid(self) -> str | None:
-        return self.entries.get("parentCID")
-
-    @classmethod
-    def parse(cls, text: str) -> "Descriptor":
-        entries: dict[str, str] = {}
-        ddb: dict[str, str] = {}
-        extents: list[Extent] = []
-        bad: list[str] = []
-        for raw_line in text.splitlines():
-            line = raw_line.strip()
-            if not line or line.startswith("#"):
-                continue
-            extent = _parse_extent(line)
-            if extent is not None:
-                extents.append(extent)
-                continue
-            key, eq, value = line.partition("=")
-            key = key.rstrip()
-            if eq and _KEY_RE.fullmatch(key):
-                value = value.strip()
-                if len(value) >= 2 and value[0] == value[-1] == '"':
-                    value = value[1:-1]
-                (ddb if key.startswith("ddb.") else entries)[key] = value
-                continue
-            bad.append(line[:80])
-        return cls(text, entries, ddb, tuple(extents), tuple(bad))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,18 +153,6 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not any(f.severity == "error" for f in self.findings)
-
-
-@dataclass(frozen=True)
-class ExtractResult:
-    """What an extraction wrote."""
-
-    path: str
-    size_bytes: int                  # virtual disk size written
-    bytes_written: int               # data bytes written (holes excluded for sparse output)
-    grains: int                      # grain markers read
-    zero_grains: int                 # stored grains that were all zero
-    hole_bytes: int                  # bytes left as holes (sparse) or written as zeros
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,9 +204,19 @@ class _Input:
         return self.read(n)
 
 
-def _is_zero(data: bytes) -> bool:
+def is_zero(data: bytes) -> bool:
+    """True when the grain (or a partial last grain) holds only zero bytes."""
     n = len(data)
     return data == _ZERO_GRAIN if n == GRAIN_BYTES else data == bytes(n)
+
+
+def _digest_unless_zero(_lba: int, grain: bytes) -> int | None:
+    """verify --deep's per-grain work (in the workers): None for a zero grain."""
+    return None if is_zero(grain) else grain_digest(grain)
+
+
+def _grain_itself(_lba: int, grain: bytes) -> bytes:
+    return grain
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,11 +236,16 @@ class VmdkReader:
     open package file with ``base_offset`` (where the member's bytes start) and ``size`` (its
     length); offsets in errors are then relative to the member and nothing outside
     [base_offset, base_offset + size) is read. ``name``/``member`` only label messages.
+
+    ``hosted=True`` also accepts any hosted sparse extent (what sources/vmdk.py reads): the
+    uncompressed grains of a monolithicSparse or twoGbMaxExtentSparse extent, without markers,
+    and an extent without an embedded descriptor (descriptorOffset and descriptorSize 0).
+    Only the header and tables are checked then; the marker walk is for stream files.
     """
 
     def __init__(self, source: str | os.PathLike[str] | BinaryIO, *, name: str | None = None,
                  member: str | None = None, base_offset: int = 0,
-                 size: int | None = None) -> None:
+                 size: int | None = None, hosted: bool = False) -> None:
         if base_offset < 0 or (size is not None and size < 0):
             raise ValueError("base_offset and size must not be negative")
         self._owned: BinaryIO | None = None
@@ -341,6 +257,7 @@ class VmdkReader:
             f = source
             self.name = name if name is not None else str(getattr(source, "name", "<stream>"))
         self.member = member
+        self.hosted = hosted
         try:
             seekable = bool(f.seekable()) if hasattr(f, "seekable") else False
             if seekable:
@@ -439,53 +356,56 @@ class VmdkReader:
             return self._error(rule, detail, offset + field_offset)
 
         if h.version not in (1, 2, 3):
-            raise err("vmdk.header.version", "version %d, expected 1, 2 or 3" % h.version, 4)
+            raise err("vmdk.header.version", "version %d, expected 1, 2 or 3" % h.version, AT_VERSION)
         if h.flags & FLAG_NEWLINE_TEST and h.newline_check != NEWLINE_CHECK:
             raise err("vmdk.header.newline", "newline-check bytes %r, expected %r (CR/LF "
-                      "translation damaged the file)" % (h.newline_check, NEWLINE_CHECK), 73)
-        unknown = h.flags & _INCOMPAT_MASK & ~_KNOWN_INCOMPAT_FLAGS
+                      "translation damaged the file)" % (h.newline_check, NEWLINE_CHECK), AT_NEWLINE_CHECK)
+        unknown = h.flags & INCOMPAT_MASK & ~KNOWN_INCOMPAT_FLAGS
         if unknown:
             raise self._unsupported("unknown incompatible header flags 0x%x" % unknown)
-        if not h.flags & FLAG_COMPRESSED or not h.flags & FLAG_MARKERS:
+        if self.hosted and not h.flags & (FLAG_COMPRESSED | FLAG_MARKERS):
+            pass  # a plain hosted sparse extent: grains stored as they are
+        elif not h.flags & FLAG_COMPRESSED or not h.flags & FLAG_MARKERS:
             raise self._unsupported("flags 0x%x: not a stream-optimized VMDK (needs compressed "
                                     "grains and markers); monolithic/non-compressed sparse "
                                     "extents are not read" % h.flags)
-        if h.compress_algorithm != 1:
+        if h.compress_algorithm != 1 and h.flags & FLAG_COMPRESSED:
             raise err("vmdk.header.compression", "compressAlgorithm %d, expected 1 (deflate)"
-                      % h.compress_algorithm, 77)
+                      % h.compress_algorithm, AT_COMPRESS_ALGORITHM)
         if h.grain_sectors != GRAIN_SECTORS:
             if h.grain_sectors < 1 or h.grain_sectors & (h.grain_sectors - 1):
                 raise err("vmdk.header.grain", "grainSize %d is not a power of two"
-                          % h.grain_sectors, 20)
+                          % h.grain_sectors, AT_GRAIN_SIZE)
             raise self._unsupported("grainSize %d sectors; only 128 (64 KiB) is read"
                                     % h.grain_sectors)
         if h.gtes_per_gt != GTES_PER_GT:
-            raise err("vmdk.header.gt", "numGTEsPerGT %d, expected 512" % h.gtes_per_gt, 44)
+            raise err("vmdk.header.gt", "numGTEsPerGT %d, expected 512" % h.gtes_per_gt, AT_GTES_PER_GT)
         if h.capacity_sectors == 0:
-            raise err("vmdk.header.capacity", "capacity is 0 sectors", 12)
+            raise err("vmdk.header.capacity", "capacity is 0 sectors", AT_CAPACITY)
         if h.capacity_sectors > MAX_CAPACITY_SECTORS:
             raise self._unsupported("capacity %d sectors is over %d (64 TiB)"
                                     % (h.capacity_sectors, MAX_CAPACITY_SECTORS))
-        if h.descriptor_offset_sectors < 1 or h.descriptor_sectors < 1 \
+        no_descriptor = self.hosted and h.descriptor_offset_sectors == h.descriptor_sectors == 0
+        if not no_descriptor and (h.descriptor_offset_sectors < 1 or h.descriptor_sectors < 1) \
                 or h.descriptor_sectors > MAX_DESCRIPTOR_SECTORS:
             raise err("vmdk.header.descriptor", "descriptor at sector %d, %d sectors (a stream "
                       "VMDK embeds 1..%d sectors after the header)"
                       % (h.descriptor_offset_sectors, h.descriptor_sectors,
-                         MAX_DESCRIPTOR_SECTORS), 28)
-        desc_end = h.descriptor_offset_sectors + h.descriptor_sectors
+                         MAX_DESCRIPTOR_SECTORS), AT_DESCRIPTOR_OFFSET)
+        desc_end = self._head_end(h)
         if h.overhead_sectors < desc_end:
             raise err("vmdk.header.overhead", "overHead %d is before the descriptor's end %d"
-                      % (h.overhead_sectors, desc_end), 64)
+                      % (h.overhead_sectors, desc_end), AT_OVERHEAD)
         size = self._in.size
         if size is not None and h.overhead_sectors * SECTOR > size:
             raise err("vmdk.header.overhead", "overHead sector %d is past the end of the file "
-                      "(%d bytes)" % (h.overhead_sectors, size), 64)
+                      "(%d bytes)" % (h.overhead_sectors, size), AT_OVERHEAD)
         if head and h.gd_offset_sectors != GD_AT_END:
-            self._check_gd_offset(h.gd_offset_sectors, h, offset + 56)
+            self._check_gd_offset(h.gd_offset_sectors, h, offset + AT_GD_OFFSET)
 
     def _check_gd_offset(self, gd: int, h: Header, where: int) -> None:
         gd_bytes = self.n_spans_for(h) * 4
-        desc_end = h.descriptor_offset_sectors + h.descriptor_sectors
+        desc_end = self._head_end(h)
         size = self._in.size
         if gd == 0 or gd == GD_AT_END:
             raise self._error("vmdk.header.gd", "gdOffset %#x does not locate a grain "
@@ -501,6 +421,11 @@ class VmdkReader:
                               "past the end of the file (%d bytes)" % (gd, gd_bytes, size), where)
 
     @staticmethod
+    def _head_end(h: Header) -> int:
+        """The first sector after the header and the embedded descriptor: tables start there."""
+        return max(1, h.descriptor_offset_sectors + h.descriptor_sectors)
+
+    @staticmethod
     def n_spans_for(h: Header) -> int:
         n_grains = -(-h.capacity_sectors // h.grain_sectors)
         return -(-n_grains // h.gtes_per_gt)
@@ -510,6 +435,8 @@ class VmdkReader:
     def _read_descriptor(self) -> Descriptor:
         h = self.header
         offset = h.descriptor_offset_sectors * SECTOR
+        if h.descriptor_sectors == 0:  # a hosted extent whose descriptor is a file of its own
+            return Descriptor.parse("")
         raw = self._read_exact(offset, h.descriptor_sectors * SECTOR, "the embedded descriptor")
         raw = raw.split(b"\0", 1)[0]
         try:
@@ -553,19 +480,45 @@ class VmdkReader:
                                   % (name, getattr(footer, name), getattr(h, name)), offset)
         if h.gd_offset_sectors != GD_AT_END and footer.gd_offset_sectors != h.gd_offset_sectors:
             raise self._error("vmdk.footer", "footer gdOffset %d differs from the header's %d"
-                              % (footer.gd_offset_sectors, h.gd_offset_sectors), offset + 56)
+                              % (footer.gd_offset_sectors, h.gd_offset_sectors), offset + AT_GD_OFFSET)
         if footer.newline_check != h.newline_check or \
                 footer.compress_algorithm != h.compress_algorithm:
             raise self._error("vmdk.footer", "footer newline-check or compressAlgorithm differs "
-                              "from the header's", offset + 73)
-        self._check_gd_offset(footer.gd_offset_sectors, h, offset + 56)
+                              "from the header's", offset + AT_NEWLINE_CHECK)
+        self._check_gd_offset(footer.gd_offset_sectors, h, offset + AT_GD_OFFSET)
+
+    def tail_footer(self) -> tuple[Header, int]:
+        """The footer of a stream whose head says GD_AT_END, found at the end of the file
+        without walking the grains: the last non-zero sector (only the end-of-stream marker
+        and zero padding may follow it) is the footer, right after its marker.  Returns
+        (footer, byte offset), checked against the header; vmdk.footer when it is not there."""
+        size = self._in.size
+        if size is None or not self._in.seekable:
+            raise self._unsupported("finding the footer needs a seekable input")
+        first = self.header.overhead_sectors * SECTOR
+        start = max(first, size - _TAIL_SEARCH_BYTES)
+        start -= start % SECTOR
+        tail = self._in.pread(start, size - start)
+        end = len(tail) - len(tail) % SECTOR
+        while end > 0 and not any(tail[end - SECTOR:end]):
+            end -= SECTOR
+        at = start + end - SECTOR         # the last non-zero sector
+        if end >= 2 * SECTOR and tail[end - SECTOR:end - SECTOR + 4] == MAGIC \
+                and MARKER.unpack_from(tail, end - 2 * SECTOR) == (1, 0, MARKER_FOOTER):
+            footer = Header.unpack(tail[end - SECTOR:end])
+            self._check_footer(footer, at)
+            return footer, at
+        raise self._error("vmdk.footer", "the header puts the grain directory at the end, but "
+                          "no footer marker and footer end the file (truncated, or the stream "
+                          "was never finished)", max(at, 0) if end else size)
 
     # -- the marker walk -----------------------------------------------------------------
 
     def _walk(self, *, payloads: bool = True) -> Iterator[tuple[int, int, int, bytes]]:
         """Markers in file order as (event, byte offset, value, payload); raises on bad input.
 
-        Grain: (GRAIN, marker offset, LBA, compressed bytes or b"" when payloads=False).
+        Grain: (GRAIN, marker offset, LBA, compressed bytes; the marker sector when
+        payloads=False).
         GT/GD: (kind, marker offset, data sector, b""). Footer: (FOOTER, marker offset,
         0, footer sector). EOS: (EOS, offset, 0, b"") always last.
         """
@@ -581,7 +534,7 @@ class VmdkReader:
         self._in.seek(pos)
         if self._in.pos != pos:
             raise self._error("vmdk.header.overhead", "overHead sector %d is past the end of "
-                              "the file" % h.overhead_sectors, 64)
+                              "the file" % h.overhead_sectors, AT_OVERHEAD)
         prev_lba = -1
         footer_seen = False
         gd_data: int | None = None
@@ -613,7 +566,7 @@ class VmdkReader:
                                       pos)
                 if size_field > MAX_GRAIN_PAYLOAD:
                     raise self._error("vmdk.grain.size", "compressed size %d is over %d"
-                                      % (size_field, MAX_GRAIN_PAYLOAD), pos + 8)
+                                      % (size_field, MAX_GRAIN_PAYLOAD), pos + AT_MARKER_SIZE)
                 total = sectors_for(12 + size_field) * SECTOR
                 if size is not None and pos + total > size:
                     raise self._error("vmdk.truncated", "grain of %d compressed bytes at LBA %d "
@@ -629,8 +582,8 @@ class VmdkReader:
                     else:
                         payload = sector[12:12 + size_field]
                     yield _EV_GRAIN, pos, lba, payload
-                else:
-                    yield _EV_GRAIN, pos, lba, b""
+                else:  # the marker sector (repack reads the size and the payload's head)
+                    yield _EV_GRAIN, pos, lba, sector
                 pos += total
                 self._in.seek(pos)
                 continue
@@ -672,13 +625,13 @@ class VmdkReader:
                 if gd_data is not None and footer.gd_offset_sectors != gd_data:
                     raise self._error("vmdk.footer", "footer gdOffset %d, the grain directory "
                                       "follows its marker at sector %d"
-                                      % (footer.gd_offset_sectors, gd_data), pos + SECTOR + 56)
+                                      % (footer.gd_offset_sectors, gd_data), pos + SECTOR + AT_GD_OFFSET)
                 footer_seen = True
                 yield _EV_FOOTER, pos, 0, footer_sector
                 pos += 2 * SECTOR
                 continue
             else:
-                raise self._error("vmdk.marker.type", "unknown marker type %d" % kind, pos + 12)
+                raise self._error("vmdk.marker.type", "unknown marker type %d" % kind, pos + AT_MARKER_TYPE)
             end = pos + SECTOR + val * SECTOR
             if size is not None and end > size:
                 raise self._error("vmdk.truncated", "table of %d sectors passes the end of the "
@@ -717,7 +670,7 @@ class VmdkReader:
         if len(payload) < 2 or payload[0] & 0x0F != 8 or (payload[0] << 8 | payload[1]) % 31:
             raise self._error("vmdk.grain.inflate", "grain at LBA %d is not zlib-wrapped deflate "
                               "(qemu, VirtualBox and open-vmdk need the wrapper)" % lba,
-                              offset + 12)
+                              offset + AT_GRAIN_DATA)
         d = _inflate_mod.decompressobj()
         try:
             out = d.decompress(payload, grain_bytes)
@@ -725,32 +678,102 @@ class VmdkReader:
                 # Output stopped at the limit: any further byte makes it larger than a grain.
                 if d.decompress(d.unconsumed_tail, 1):
                     raise self._error("vmdk.grain.inflate", "grain at LBA %d inflates to more "
-                                      "than %d bytes" % (lba, grain_bytes), offset + 12)
+                                      "than %d bytes" % (lba, grain_bytes), offset + AT_GRAIN_DATA)
         except _INFLATE_ERRORS as exc:
             raise self._error("vmdk.grain.inflate", "grain at LBA %d: %s" % (lba, exc),
-                              offset + 12) from None
+                              offset + AT_GRAIN_DATA) from None
         if not d.eof:
             raise self._error("vmdk.grain.inflate", "grain at LBA %d: deflate stream is cut "
-                              "short" % lba, offset + 12)
+                              "short" % lba, offset + AT_GRAIN_DATA)
         if d.unused_data.strip(b"\0"):
             raise self._error("vmdk.grain.inflate", "grain at LBA %d: %d bytes after the end of "
-                              "its deflate stream" % (lba, len(d.unused_data)), offset + 12)
+                              "its deflate stream" % (lba, len(d.unused_data)), offset + AT_GRAIN_DATA)
         n = len(out)
         if n != grain_bytes and not (need < grain_bytes and need <= n):
             raise self._error("vmdk.grain.inflate", "grain at LBA %d inflates to %d bytes, "
                               "expected %d" % (lba, n, grain_bytes if need == grain_bytes
-                                               else need), offset + 12)
+                                               else need), offset + AT_GRAIN_DATA)
         return out if n == need else out[:need]
 
-    def iter_grains(self) -> Iterator[tuple[int, bytes]]:
+    def iter_grains(self, *, workers: int = 1) -> Iterator[tuple[int, bytes]]:
         """(LBA in sectors, inflated grain) per stored grain, in file order.
 
         Each grain is 64 KiB except the last grain of a capacity that is not a multiple of
         64 KiB, which is cut at the capacity. Works on non-seekable input (once).
+        ``workers`` > 1 inflates in that many threads: the same grains, order and errors.
         """
-        for event, pos, value, payload in self._walk():
+        return self.map_grains(_grain_itself, workers=workers)  # type: ignore[return-value]
+
+    def map_grains(self, fn: Callable[[int, bytes], R], *, workers: int = 1
+                   ) -> Iterator[tuple[int, R]]:
+        """(LBA, fn(LBA, inflated grain)) per stored grain, in file order; ``fn`` runs in the
+        inflating thread, so what it keeps small (a digest, a pwrite's count) is all that
+        crosses threads."""
+        for (event, _pos, value, _payload), result in self._inflating(workers, fn):
             if event == _EV_GRAIN:
-                yield value, self.inflate(payload, value, pos)
+                yield value, result  # type: ignore[misc]
+
+    def _inflating(self, workers: int, post: "Callable[[int, bytes], object] | None"
+                   ) -> Iterator[tuple[tuple[int, int, int, bytes], object]]:
+        """The marker walk with every grain inflated (then passed through ``post(lba,
+        grain)``) by ``workers`` threads (ISA-L/zlib inflate releases the GIL), results in
+        file order.
+
+        The walk runs on the calling thread, ahead of the workers by a bounded window, and
+        hands them batches of _BATCH_GRAINS grains (one task per 64 KiB grain costs about what
+        inflating it does).  An error, the walk's or a grain's, ends its batch and travels in
+        file order, so the first error reported is the one a single thread meets first,
+        whatever ``workers`` is."""
+        def batches() -> Iterator[list[object]]:
+            batch: list[object] = []
+            try:
+                for item in self._walk():
+                    batch.append(item)
+                    if len(batch) >= _BATCH_GRAINS:
+                        yield batch
+                        batch = []
+            except FormatError as exc:
+                batch.append(exc)
+            if batch:
+                yield batch
+
+        def work(batch: list[object]) -> list[object]:
+            out: list[object] = []
+            for item in batch:
+                if isinstance(item, FormatError):
+                    out.append(item)
+                    break
+                event, pos, value, payload = item  # type: ignore[misc]
+                if event != _EV_GRAIN:
+                    out.append((item, None))
+                    continue
+                try:
+                    grain = self.inflate(payload, value, pos)
+                except FormatError as exc:
+                    out.append(exc)
+                    break
+                out.append((item, post(value, grain) if post is not None else grain))
+            return out
+
+        for results in ordered_map(work, batches(), workers=workers):
+            for result in results:
+                if isinstance(result, FormatError):
+                    raise result
+                yield result  # type: ignore[misc]
+
+    def grains(self, *, payloads: bool = True) -> Iterator[tuple[int, int, int, bytes]]:
+        """(LBA, marker offset, compressed size, payload) per stored grain in file order,
+        checked as every walk is (order, bounds, markers, footer, end of stream).
+        payloads=False gives only the payload's first bytes (those in the marker's sector)
+        and reads none of the rest."""
+        for event, pos, value, payload in self._walk(payloads=payloads):
+            if event != _EV_GRAIN:
+                continue
+            if payloads:
+                yield value, pos, len(payload), payload
+            else:
+                size = MARKER.unpack_from(payload, 0)[1]
+                yield value, pos, size, payload[12:12 + size]
 
     def footer(self) -> Header | None:
         """The footer header (GD at end), found by the marker walk; None when there is none."""
@@ -761,30 +784,34 @@ class VmdkReader:
 
     # -- verify --------------------------------------------------------------------------
 
-    def verify(self, *, deep: bool = False) -> VerifyReport:
+    def verify(self, *, deep: bool = False, workers: int = 1) -> VerifyReport:
         """Check everything checkable and return findings instead of raising.
 
         Always: header, descriptor, the whole marker walk and, on seekable input, every GD
-        entry and GT entry against the grain markers. deep=True also inflates every grain and
-        computes the content id. Header errors are raised at open time, not reported here.
+        entry against the grain markers. deep=True also inflates every grain (in ``workers``
+        ``workers`` threads: the same report whatever their number) and computes the content
+        id. Header errors are raised at open time, not reported here.
         """
         report = VerifyReport(layout="stream" if self.header.gd_offset_sectors == GD_AT_END
                               else "head")
         report.findings.extend(self.descriptor_findings())
         cid = ContentId(self.header.capacity_sectors) if deep else None
         footer: Header | None = None
+        walk: Iterator[tuple[tuple[int, int, int, bytes], object]] = (
+            self._inflating(workers, _digest_unless_zero) if deep
+            else ((item, None) for item in self._walk(payloads=False)))
         try:
-            for event, pos, value, payload in self._walk(payloads=deep):
+            for (event, _pos, value, payload), digest in walk:
                 if event == _EV_GRAIN:
                     report.grains += 1
-                    if cid is not None:
-                        grain = self.inflate(payload, value, pos)
-                        if _is_zero(grain):
-                            report.zero_grains += 1
-                        else:
-                            # a partial last grain covers only up to the capacity
-                            report.populated_bytes += self._grain_bytes_at(value)
-                            cid.add(value, grain_digest(grain))
+                    if cid is None:
+                        continue
+                    if digest is None:
+                        report.zero_grains += 1
+                    else:
+                        # a partial last grain covers only up to the capacity
+                        report.populated_bytes += self._grain_bytes_at(value)
+                        cid.add(value, digest)  # type: ignore[arg-type]
                 elif event == _EV_FOOTER:
                     footer = Header.unpack(payload)
         except FormatError as exc:
@@ -810,12 +837,21 @@ class VmdkReader:
             report.findings.append(exc.finding())
         return report
 
+    def grain_directory(self, gd_offset: int) -> bytes:
+        """The GD's raw entries (4 bytes per span); gd_offset was checked with the header."""
+        return self._read_exact(gd_offset * SECTOR, self.n_spans * 4, "the grain directory")
+
+    def grain_table(self, entry: int, span: int, gd_offset: int) -> bytes:
+        """The raw GT a GD entry points at, once its location is checked."""
+        self._table_location(entry, span, gd_offset)
+        return self._read_exact(entry * SECTOR, self.header.gtes_per_gt * 4, "a grain table")
+
     def _table_location(self, entry: int, span: int, gd_offset: int) -> None:
         """A GD entry must point at a GT inside the file: in the head or after a GT marker."""
         h = self.header
         size = self._in.size if self._in.size is not None else 0
         where = gd_offset * SECTOR + span * 4
-        desc_end = h.descriptor_offset_sectors + h.descriptor_sectors
+        desc_end = self._head_end(h)
         gt_bytes = h.gtes_per_gt * 4
         if entry < desc_end or entry * SECTOR + gt_bytes > size:
             raise self._error("vmdk.gd.entry", "GD entry %d points at sector %d, outside the "
@@ -824,7 +860,7 @@ class VmdkReader:
             if entry * SECTOR + gt_bytes > h.overhead_sectors * SECTOR:
                 raise self._error("vmdk.gd.entry", "GD entry %d: the table at sector %d passes "
                                   "overHead %d" % (span, entry, h.overhead_sectors), where)
-        else:
+        elif h.flags & FLAG_MARKERS:
             marker = self._read_exact((entry - 1) * SECTOR, SECTOR, "a grain-table marker")
             val, size_field, kind = MARKER.unpack_from(marker, 0)
             if size_field or kind != MARKER_GT or val != sectors_for(gt_bytes):
@@ -837,7 +873,7 @@ class VmdkReader:
         n_spans = self.n_spans
         gtes = h.gtes_per_gt
         gt_struct = struct.Struct("<%dI" % gtes)
-        zeroed_ok = bool(h.flags & _FLAG_ZEROED_GTE)
+        zeroed_ok = bool(h.flags & FLAG_ZEROED_GTE)
         where_name = location(self.name, self.member)
         gd_chunk_entries = 16384
         gd_cache: tuple[int, tuple[int, ...]] = (-1, ())
@@ -856,8 +892,7 @@ class VmdkReader:
             entry = gd_entry(span)
             if entry == 0:
                 return ()
-            self._table_location(entry, span, gd_offset)
-            return gt_struct.unpack(self._read_exact(entry * SECTOR, gtes * 4, "a grain table"))
+            return gt_struct.unpack(self.grain_table(entry, span, gd_offset))
 
         def add(rule: str, offset: int | None, message: str) -> bool:
             findings.append(Finding(rule, "error", where_name, offset, message))
@@ -869,7 +904,7 @@ class VmdkReader:
                 return False
             entry_off = gd_entry(span) * SECTOR
             for i, sector in enumerate(table):
-                if sector and i not in matched and not (zeroed_ok and sector == _ZEROED_GTE):
+                if sector and i not in matched and not (zeroed_ok and sector == GTE_ZEROED):
                     lba = (span * gtes + i) * h.grain_sectors
                     if add("vmdk.gt.entry", entry_off + i * 4, "GT entry for LBA %d points at "
                            "sector %d, which holds no grain marker for it" % (lba, sector)):
@@ -907,154 +942,3 @@ class VmdkReader:
         for between in range(cur + 1, n_spans):
             if finish(between, load(between), set()):
                 return
-
-
-# ---------------------------------------------------------------------------------------------
-# Extraction
-
-
-def extract_raw(reader: VmdkReader, out_path: str | os.PathLike[str], *,
-                sparse: bool = True) -> ExtractResult:
-    """Write the virtual disk as a raw image of exactly capacity bytes.
-
-    Unwritten and all-zero grains become holes (sparse=True) or written zeros. The image is
-    written under a temporary name and renamed to OUT only when complete.
-    """
-    with atomic_output(out_path, fsync=False) as out:
-        return write_raw(reader, out, path=os.fspath(out_path), sparse=sparse)
-
-
-def write_raw(reader: VmdkReader, out: BinaryIO, *, path: str,
-              sparse: bool = True) -> ExtractResult:
-    """extract_raw into an open, seekable, empty file (``path`` names it in the result)."""
-    total = reader.capacity_bytes
-    walk = _DataGrains(reader)
-    written = 0
-    cursor = 0          # bytes of the image accounted for (data written or hole)
-    for start, grain in walk:
-        if not sparse and start > cursor:
-            _write_zeros(out, start - cursor)
-        out.seek(start)
-        out.write(grain)
-        written += len(grain)
-        cursor = start + len(grain)
-    if not sparse and total > cursor:
-        out.seek(cursor)
-        _write_zeros(out, total - cursor)
-    out.truncate(total)
-    holes = total - written
-    return ExtractResult(path, total, written if sparse else total, walk.grains,
-                         walk.zero_grains, holes)
-
-
-class _DataGrains:
-    """The non-zero grains of a walk as (byte offset, bytes), counting what it passes over."""
-
-    def __init__(self, reader: VmdkReader) -> None:
-        self._reader = reader
-        self.grains = 0
-        self.zero_grains = 0
-
-    def __iter__(self) -> Iterator[tuple[int, bytes]]:
-        for lba, grain in self._reader.iter_grains():
-            self.grains += 1
-            if _is_zero(grain):
-                self.zero_grains += 1
-                continue
-            yield lba * SECTOR, grain
-
-
-# zstd output (RFC 8878).  Feeding a hole's zeros through the compressor costs ~10 GB/s of
-# scanning: a 600 KB VMDK declaring 4 TiB took minutes.  So a hole of at least
-# _ZST_HOLE_FRAME bytes ends the compressor's frame and is written as a frame of our own made
-# of RLE blocks (4 bytes per 128 KiB, the same bytes zstd emits for zeros), built without
-# touching the zeros; the data after it starts a new compressor frame.  Shorter holes go
-# through the compressor (at most _ZST_HOLE_FRAME of zeros per data grain: the cost follows
-# the data).  The frames are concatenated, as RFC 8878 section 3.1 allows.
-_ZST_MAGIC = b"\x28\xb5\x2f\xfd"
-_ZST_BLOCK = 128 << 10                  # Block_Maximum_Size
-_ZST_HOLE_FRAME = 4 << 20               # > zstd's window at level 3: nothing is lost by a cut
-# Frame_Header_Descriptor 0xC0: 8-byte Frame_Content_Size, not single-segment, no checksum,
-# no dictionary; Window_Descriptor 0x38: 2**17 = 128 KiB, which every decoder accepts.
-_ZST_ZERO_HEADER = _ZST_MAGIC + b"\xc0\x38"
-_ZST_RLE_ZERO_BLOCK = (_ZST_BLOCK << 3 | 1 << 1).to_bytes(3, "little") + b"\0"
-_ZST_RLE_ZERO_BLOCKS = _ZST_RLE_ZERO_BLOCK * 8192      # 1 GiB of zeros in 32 KiB
-
-
-def _write_zst_zero_frame(out: BinaryIO, n: int) -> None:
-    """One zstd frame that decodes to n (> 0) zero bytes, in time proportional to n / 128 KiB
-    with a tiny constant (32 KiB writes per GiB)."""
-    out.write(_ZST_ZERO_HEADER + struct.pack("<Q", n))
-    full, last = divmod(n, _ZST_BLOCK)
-    if last == 0:
-        full, last = full - 1, _ZST_BLOCK
-    per_write = len(_ZST_RLE_ZERO_BLOCKS) // len(_ZST_RLE_ZERO_BLOCK)
-    while full >= per_write:
-        out.write(_ZST_RLE_ZERO_BLOCKS)
-        full -= per_write
-    out.write(_ZST_RLE_ZERO_BLOCK * full)
-    out.write((last << 3 | 1 << 1 | 1).to_bytes(3, "little") + b"\0")     # Last_Block set
-
-
-def extract_zst(reader: VmdkReader, out_path: str | os.PathLike[str], *,
-                level: int = 3) -> ExtractResult:
-    """Write the virtual disk as zstd-compressed raw: concatenated frames (see above) that
-    ``zstd -d`` turns into exactly capacity bytes.  Time and memory follow the stored grains,
-    not the capacity.  On any error (or KeyboardInterrupt) nothing is left under OUT or a
-    temporary name, and the error itself goes on: no frame is finished on the way out."""
-    with atomic_output(out_path, fsync=False) as out:
-        return write_zst(reader, out, path=os.fspath(out_path), level=level)
-
-
-def write_zst(reader: VmdkReader, out: BinaryIO, *, path: str, level: int = 3) -> ExtractResult:
-    """extract_zst into an open file (``path`` names it in the result)."""
-    import zstandard
-
-    total = reader.capacity_bytes
-    walk = _DataGrains(reader)
-    data = 0
-    cctx = zstandard.ZstdCompressor(level=level)
-    frame = None                    # the compressor frame being written, if any
-
-    def hole(n: int) -> None:
-        nonlocal frame
-        if n >= _ZST_HOLE_FRAME or (frame is None and n > 0):
-            if frame is not None:
-                out.write(frame.flush())
-                frame = None
-            _write_zst_zero_frame(out, n)
-        elif n > 0:
-            _write_zeros(_Compressing(frame, out), n)
-
-    cursor = 0
-    for start, grain in walk:
-        hole(start - cursor)
-        if frame is None:
-            frame = cctx.compressobj()
-        out.write(frame.compress(grain))
-        data += len(grain)
-        cursor = start + len(grain)
-    hole(total - cursor)
-    if frame is not None:
-        out.write(frame.flush())
-    return ExtractResult(path, total, total, walk.grains, walk.zero_grains, total - data)
-
-
-class _Compressing:
-    """write() into a zstd compressobj, its output into a file."""
-
-    def __init__(self, frame: "object", out: BinaryIO) -> None:
-        self._frame = frame
-        self._out = out
-
-    def write(self, data: "bytes | memoryview") -> None:
-        self._out.write(self._frame.compress(data))  # type: ignore[attr-defined]
-
-
-def _write_zeros(out: "io.RawIOBase | BinaryIO | object", n: int) -> None:
-    zeros = memoryview(bytes(min(n, _CHUNK))) if n > 0 else memoryview(b"")
-    while n > 0:
-        k = min(n, len(zeros))
-        out.write(zeros[:k])  # type: ignore[attr-defined]
-        n -= k
-
