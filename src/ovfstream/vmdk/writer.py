@@ -17,7 +17,7 @@ import threading
 import time
 from array import array
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..engine import CORE as _codec
 from ..engine import NATIVE, Engine
@@ -28,9 +28,15 @@ from . import layout as L
 from .contentid import ContentId
 from .descriptor import render_descriptor
 
-__all__ = ["StreamVmdkWriter", "DiskStats", "write_stream_vmdk", "NATIVE"]
+if TYPE_CHECKING:
+    from ..cache import SpanCache
+
+__all__ = ["StreamVmdkWriter", "DiskStats", "write_stream_vmdk", "encode_span", "NATIVE"]
 
 Write = Callable[[bytes | bytearray | memoryview], object]
+# (source, engine) -> (plan, framed, bytes used, gt_rel, prints, payload) per span, in order
+RemoteSpans = Callable[[DiskSource, Engine],
+                       Iterator[tuple[SpanPlan, bytes, int, bytes, bytes, int]]]
 
 
 class StreamVmdkWriter:
@@ -111,6 +117,7 @@ class DiskStats:
     seconds: float
     engine: dict[str, object] = field(default_factory=dict)
     last_grain_written: bool = False  # the disk's last grain holds data
+    cache: dict[str, object] | None = None  # span cache use (cache.py), when one was given
 
     @property
     def populated_bytes(self) -> int:
@@ -132,6 +139,7 @@ class DiskStats:
             "seconds": round(self.seconds, 6),
             "read_gb_per_s": round(self.bytes_read / self.seconds / 1e9, 3) if self.seconds else None,
             "engine": self.engine,
+            **({"cache": self.cache} if self.cache is not None else {}),
         }
 
 
@@ -148,10 +156,33 @@ def _release_tail(buffer: mmap.mmap, used: int) -> None:
         buffer.madvise(mmap.MADV_DONTNEED, start, len(buffer) - start)
 
 
+def encode_span(engine: Engine, local: threading.local, take_buffer: Callable[[], Any],
+                view: memoryview, first_lba: int, n_grains: int
+                ) -> tuple[Any, int, bytes, bytes, int]:
+    """One span's framed grains: (buffer, bytes of it used, gt_rel, prints, payload).
+    ``local`` keeps the calling thread's engine state; ``take_buffer`` gives a buffer of
+    SPAN_FRAMED_BYTES.  One interface whatever the engine's path (engine.encoder: the
+    native span encoder, or the span codec around a per-grain callable)."""
+    encoder = engine.encoder
+    streams = local.__dict__.setdefault("streams", {})
+    if encoder not in streams:  # this thread's state (ISA-L: at a fixed kind of address)
+        streams[encoder] = encoder.new_stream()
+    out = take_buffer()
+    n, gt_rel, prints, payload = encoder.encode_span_into(out, view, first_lba, n_grains,
+                                                          streams[encoder])
+    return out, n, gt_rel, prints, payload
+
+
 def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engine: Engine,
                       workers: int, adapter_type: str = "lsilogic",
-                      progress: Callable[[int, int], None] | None = None) -> DiskStats:
-    """Encode ``source`` as a stream-optimized VMDK through ``write``, in one pass."""
+                      progress: Callable[[int, int], None] | None = None,
+                      cache: SpanCache | None = None,
+                      remote: RemoteSpans | None = None) -> DiskStats:
+    """Encode ``source`` as a stream-optimized VMDK through ``write``, in one pass.
+
+    ``cache``: spans whose raw bytes it holds are taken from it, not compressed (cache.py).
+    ``remote``: encodes the spans elsewhere (farm.py) and yields them in order; the
+    descriptor, framing of the stream and content id stay here."""
     started = time.perf_counter()
     disk_key = source.sample_key(engine=engine.name, level=engine.level,
                                  adapter_type=adapter_type, file_name=file_name)
@@ -160,7 +191,6 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
     writer = StreamVmdkWriter(write, capacity_sectors=source.capacity_sectors,
                               descriptor=descriptor)
     local = threading.local()
-    encoder = engine.encoder  # native or callable path: one interface (engine.py)
     # Framed-output buffers go back to this pool once written: a reused buffer's pages are
     # already mapped, a new 33 MB one costs thousands of page faults.  They are anonymous
     # maps so that the part past what a span used can be handed back to the kernel (RSS
@@ -168,18 +198,26 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
     pool: list[mmap.mmap] = []
     pool_lock = threading.Lock()
 
-    def encode(plan: SpanPlan) -> tuple[SpanPlan, mmap.mmap, int, bytes, bytes, int]:
+    def take_buffer() -> mmap.mmap:
+        with pool_lock:
+            return pool.pop() if pool else mmap.mmap(-1, _codec.SPAN_FRAMED_BYTES)
+
+    def compress_span(view: memoryview, first_lba: int, n_grains: int
+                      ) -> tuple[bytearray | mmap.mmap, int, bytes, bytes, int]:
+        return encode_span(engine, local, take_buffer, view, first_lba, n_grains)
+
+    session = cache.session(engine) if cache is not None else None
+
+    def encode(plan: SpanPlan) -> tuple[SpanPlan, bytearray | mmap.mmap, int, bytes, bytes, int]:
         buf = getattr(local, "buf", None)
-        if buf is None:  # this thread's span buffer and stream state (ISA-L: at a fixed
-            buf = local.buf = mmap.mmap(-1, L.SPAN_BYTES)  # kind of address), made once
-            local.stream = encoder.new_stream()
+        if buf is None:  # this thread's span buffer, made once (an anonymous map: its
+            buf = local.buf = mmap.mmap(-1, L.SPAN_BYTES)  # pages fault in as read)
         view = source.read_span(plan, buf)
         first_lba = plan.index * L.SPAN_GRAINS * L.GRAIN_SECTORS
-        with pool_lock:
-            out = pool.pop() if pool else mmap.mmap(-1, _codec.SPAN_FRAMED_BYTES)
-        n, gt_rel, prints, payload = encoder.encode_span_into(out, view, first_lba,
-                                                              plan.n_grains, local.stream)
-        return plan, out, n, gt_rel, prints, payload
+        if session is not None:  # a hit skips compress_span only
+            return (plan, *session.encode(view, first_lba, plan.n_grains,  # type: ignore[return-value]
+                                          compress_span, take_buffer))
+        return (plan, *compress_span(view, first_lba, plan.n_grains))
 
     content_id = ContentId(source.capacity_sectors)
     grains = zero_grains = payload_total = 0
@@ -190,14 +228,16 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
     # here; with window=workers+1 the pending spans were exactly the running ones, so a
     # worker done meanwhile sat idle), one more span waits queued for the first free worker.
     # Each span in flight holds a framed buffer of up to 33 MB, so no more.
-    results = ordered_map(encode, source.spans(), workers=workers, window=workers + 2)
+    results = (remote(source, engine) if remote is not None else
+               ordered_map(encode, source.spans(), workers=workers, window=workers + 2))
     try:
         for plan, framed, n_framed, gt_rel, prints, payload in results:
             with memoryview(framed) as used:
                 writer.add_span(plan.index, used[:n_framed], gt_rel)
-            _release_tail(framed, n_framed)
-            with pool_lock:
-                pool.append(framed)
+            if isinstance(framed, mmap.mmap):
+                _release_tail(framed, n_framed)
+                with pool_lock:
+                    pool.append(framed)
             content_id.add_packed(prints)
             n = len(prints) // 16
             if n and int.from_bytes(prints[-16:-8], "little") == last_lba:
@@ -224,4 +264,5 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
         zero_grains_skipped=zero_grains, payload_bytes=payload_total,
         content_id=content_id.hexdigest(), disk_key=disk_key.hex(),
         seconds=time.perf_counter() - started, engine=engine.describe(),
-        last_grain_written=last_grain_written)
+        last_grain_written=last_grain_written,
+        cache=session.describe() if session is not None else None)
