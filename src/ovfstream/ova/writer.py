@@ -26,6 +26,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,8 +44,20 @@ __all__ = ["MemberSink", "KnownDigestSink", "Sink", "SeekableOvaWriter", "Stream
 # One thread digests large writes while the caller's thread writes the same bytes: the
 # digest is sequential (SHA-256 cannot be split), but it need not wait for the write, which
 # with O_DIRECT is mostly the disk's time.  hashlib releases the GIL for large updates.
-_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ovfstream-digest")
 _OVERLAP_BYTES = 1 << 20  # below this, a hand-off costs more than it saves
+_digester: tuple[int, ThreadPoolExecutor] | None = None
+_digester_lock = threading.Lock()
+
+
+def _digest_thread() -> ThreadPoolExecutor:
+    """This process's digest thread: a child forked by a process pool inherits the parent's
+    executor but not its thread, and would wait on it forever."""
+    global _digester
+    with _digester_lock:
+        if _digester is None or _digester[0] != os.getpid():
+            _digester = (os.getpid(),
+                         ThreadPoolExecutor(max_workers=1, thread_name_prefix="ovfstream-digest"))
+        return _digester[1]
 
 
 class MemberSink:
@@ -66,7 +79,7 @@ class MemberSink:
             self._hasher.update(data)
             self._write(data)
         else:
-            digesting = _HASHER.submit(self._hasher.update, data)
+            digesting = _digest_thread().submit(self._hasher.update, data)
             try:
                 self._write(data)
             finally:
