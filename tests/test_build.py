@@ -14,6 +14,10 @@ from ovfstream import cli
 from ovfstream.build import load_jobs, pack_many
 from ovfstream.errors import UsageError
 
+# ISA-L's bytes are reproducible (cacheable, the same in every process) only with the
+# compiled core's stream placement: not run when OVFSTREAM_PURE=1 selects the twin.
+pytestmark = pytest.mark.native_core
+
 JOBS = """
 [[appliance]]
 output = "out/web.ova"

@@ -65,6 +65,7 @@ def _local_pack(raw: Path, out: Path, **kw) -> bytes:
     return out.read_bytes()
 
 
+@pytest.mark.native_core  # the span cache holds reproducible (native ISA-L) bytes only
 def test_pack_spread_over_workers_gives_the_local_bytes(cluster, make_disk, tmp_path, capsys):
     lc, _ = cluster
     raw = make_disk("mixed")
