@@ -205,6 +205,16 @@ def test_rule_ova_tar_header(offset: int, value: bytes) -> None:
     assert rule_of(header + END_OF_ARCHIVE) == "ova.tar.header"
 
 
+# devmajor/devminor mean nothing for a regular file, but tarfile refuses the archive when they
+# are not numbers (a fuzz example: devmajor's terminator flipped to 0x01): refused here too.
+@pytest.mark.parametrize("offset,value", [(329, b"0000000\x01"), (337, b"00z00\x00\x00\x00")])
+def test_rule_ova_tar_header_device_numbers(offset: int, value: bytes) -> None:
+    header = edit(encode_header("a", 0, mtime=MTIME), offset, value)
+    assert rule_of(header + END_OF_ARCHIVE) == "ova.tar.header"
+    with pytest.raises(tarfile.ReadError):
+        tarfile.open(fileobj=io.BytesIO(header + END_OF_ARCHIVE)).getmembers()
+
+
 def test_rule_ova_tar_header_prefix_in_gnu_header() -> None:
     header = edit(encode_header("a", 0, mtime=MTIME), 257, b"ustar  \x00")
     assert decode_header(header) is not None

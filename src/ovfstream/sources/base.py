@@ -140,6 +140,13 @@ class DiskSource:
     mtime: int
     sequential = False  # True: spans must be read in order (the source enforces it)
 
+    def _open_file(self, path: str | os.PathLike[str], *, block_devices: bool = False) -> None:
+        """Open the one file a single-file source reads: ``path``, ``files``, ``mtime``."""
+        self._file = OpenFile(path, block_devices=block_devices)
+        self.path = self._file.path
+        self.files = [self._file]
+        self.mtime = int(self._file.stat.st_mtime)
+
     def _sized(self) -> None:
         self.capacity_sectors = capacity_sectors_for(self.size_bytes)
         self.n_grains = -(-self.size_bytes // GRAIN_BYTES)

@@ -11,7 +11,7 @@ import os
 from typing import Callable, Iterable
 
 from ..errors import FormatError
-from .base import DiskSource, Extent, OpenFile
+from .base import DiskSource, Extent
 
 __all__ = ["BlockTableSource", "Claim", "check_disjoint", "coalesce", "union"]
 
@@ -24,11 +24,8 @@ class BlockTableSource(DiskSource):
 
     def __init__(self, path: str | os.PathLike[str], *, size: int | None = None,
                  depth: int = 0) -> None:
-        self._file = OpenFile(path)
-        self.path = self._file.path
-        self.files = [self._file]
+        self._open_file(path)
         try:
-            self.mtime = int(self._file.stat.st_mtime)
             self._open(depth)
         except BaseException:
             self.close()

@@ -17,7 +17,7 @@ import os
 import stat
 
 from ..errors import UsageError
-from .base import DiskSource, Extent, OpenFile
+from .base import DiskSource, Extent
 from .detect import check_input_format, require_input_format
 
 __all__ = ["RawSource", "data_extents"]
@@ -30,9 +30,7 @@ class RawSource(DiskSource):
 
     def __init__(self, path: str | os.PathLike[str], *, input_format: str = "auto") -> None:
         require_input_format(input_format)  # a usage error before anything is opened
-        self._file = OpenFile(path, block_devices=True)
-        self.path = self._file.path
-        self.files = [self._file]
+        self._open_file(path, block_devices=True)
         try:
             st = self._file.stat
             self.size_bytes = self._file.size
@@ -40,7 +38,6 @@ class RawSource(DiskSource):
                 self.extents = data_extents(self._file.fd, 0, self.size_bytes)
             else:  # a block device (open_regular_fd let nothing else through)
                 self.extents = [(0, self.size_bytes)] if self.size_bytes else []
-            self.mtime = int(st.st_mtime)
         except BaseException:
             self.close()
             raise

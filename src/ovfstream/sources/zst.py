@@ -113,11 +113,8 @@ class ZstdSource(SequentialSource):
 
     def __init__(self, path: str | os.PathLike[str], *, size: int | None = None,
                  depth: int = 0) -> None:
-        self._file = OpenFile(path)
-        self.path = self._file.path
-        self.files = [self._file]
+        self._open_file(path)
         try:
-            self.mtime = int(self._file.stat.st_mtime)
             walk = _Walk(self._file)
             self.frames = self._walk_frames(walk)
             self._file_hash = walk.hasher.digest()
