@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_all_is_pinned():
     assert sorted(ovfstream.__all__) == sorted([
-        "__version__", "pack", "PackResult", "Signer", "repack", "RepackResult", "convert", "ConvertResult", "verify",
+        "__version__", "pack", "PackResult", "Signer", "pack_many", "BuildResult", "SpanCache",
+        "repack", "RepackResult", "convert", "ConvertResult", "verify",
         "VerifyResult", "inspect", "InspectResult", "extract", "ExtractSummary",
         "VirtualMachine", "DiskSlot", "Nic", "Product", "Property", "OvfstreamError",
         "UsageError", "UnsupportedError", "FormatError", "VmdkFormatError", "TarFormatError",

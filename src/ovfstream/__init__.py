@@ -1,10 +1,13 @@
 """ovfstream: raw disk images to stream-optimized VMDKs and OVF/OVA appliances in one pass.
 
 The public operations, one module each: ``pack``, ``convert``, ``verify``, ``inspect``,
-``extract``.  They take typed keyword options, return result objects, raise the exceptions
-of :mod:`ovfstream.errors`, and are safe to call from several threads at once.
+``extract``, and ``pack_many`` (many appliances, build.py; the span cache is cache.py).
+They take typed keyword options, return result objects, raise the exceptions of
+:mod:`ovfstream.errors`, and are safe to call from several threads at once.
 """
 
+from .build import BuildResult, pack_many
+from .cache import SpanCache
 from .convert import ConvertResult, convert
 from .errors import (CertificateFormatError, DigestMismatchError, FormatError, Finding,
                      ManifestFormatError, OvfFormatError, OvfstreamError, TarFormatError,
@@ -53,6 +56,7 @@ __version__ = _version()
 __all__ = [
     "__version__",
     "pack", "PackResult", "Signer",
+    "pack_many", "BuildResult", "SpanCache",
     "repack", "RepackResult",
     "convert", "ConvertResult",
     "verify", "VerifyResult",

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any, Iterator, Sequence
 
 from . import __version__
@@ -68,6 +69,22 @@ def _size_arg(text: str) -> int:
     return int(digits) * _SIZE_UNITS[unit]
 
 
+def _cache_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache", metavar="DIR",
+                   help="span cache folder: spans whose raw bytes it holds are not compressed "
+                        "again (same output bytes); may be shared by concurrent runs")
+    p.add_argument("--cache-max", metavar="SIZE", type=_size_arg,
+                   help="after the run, delete the least recently used cache entries until "
+                        "the folder holds at most SIZE (e.g. 20G)")
+
+
+def _executor_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--executor", default="local", metavar="local|dask://HOST:PORT",
+                   help="local (default) or a Dask scheduler whose workers " + what +
+                        " (inputs and outputs on storage they share; pip install "
+                        "'ovfstream[dask]')")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ovfstream",
                      description="Raw disk images to stream-optimized VMDKs and OVF/OVA "
@@ -87,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter-type", default="lsilogic",
                    choices=("lsilogic", "buslogic", "ide", "legacyESX"),
                    help="ddb.adapterType in the VMDK descriptor (default lsilogic)")
+    _cache_options(p)
     _common(p)
 
     p = sub.add_parser("pack", help="raw disks + VM description -> OVA, OVA stream or OVF folder")
@@ -124,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sign-key", metavar="KEY.pem", help="sign the manifest into NAME.cert")
     p.add_argument("--sign-cert", metavar="CERT.pem", help="signer certificate (+ chain)")
     p.add_argument("--spool-dir", help="where -o - keeps compressed disks until they stream")
+    _cache_options(p)
+    _executor_option(p, "read and encode the disks' spans")
     _common(p)
 
     r = sub.add_parser("repack", help="OVA or OVF folder -> OVA, OVA stream or OVF folder, "
@@ -140,7 +160,28 @@ def build_parser() -> argparse.ArgumentParser:
         r._add_action(next(a for a in p._actions if flag in a.option_strings))
     r.add_argument("--no-manifest-check", action="store_true",
                    help="repack even when the input's manifest does not match (a warning)")
+    _cache_options(r)
     _common(r)
+
+    p = sub.add_parser("build", help="many appliances from a jobs file, here or on Dask workers")
+    p.add_argument("jobs", metavar="JOBS",
+                   help="jobs file (.toml, .yaml, .json): an appliance list, each with output, "
+                        "disks and pack spec keys; paths relative to the file")
+    _cache_options(p)
+    _executor_option(p, "run whole jobs")
+    _common(p)
+
+    p = sub.add_parser("cache", help="span cache folder: stats, prune")
+    csub = p.add_subparsers(dest="cache_command", required=True, parser_class=_Parser)
+    c = csub.add_parser("stats", help="entries, bytes, oldest and newest use")
+    c.add_argument("folder", metavar="DIR")
+    c.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    c = csub.add_parser("prune", help="delete least recently used entries down to --max")
+    c.add_argument("folder", metavar="DIR")
+    c.add_argument("--max", metavar="SIZE", default=None, type=_size_arg,
+                   help="keep at most SIZE (e.g. 20G; 0 empties it); without it only stale "
+                        "temporaries go")
+    c.add_argument("--json", action="store_true", help="print one JSON document on stdout")
 
     p = sub.add_parser("extract", help="VMDK or package -> raw (sparse) disks")
     p.add_argument("source", help="a .vmdk, .ova, .ovf or OVF directory")
@@ -219,7 +260,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         report = None if bars is None else (lambda n, total: bars(label, n, total))
         result = convert(args.source, args.output, parallel=args.parallel, engine=args.engine,
                          level=args.level, adapter_type=args.adapter_type, progress=report,
-                         input_format=args.input_format, size=args.size)
+                         input_format=args.input_format, size=args.size,
+                         **_cache_args(args))
     if args.json:
         _emit_json(result.as_dict())
     elif not args.quiet:
@@ -283,12 +325,14 @@ def _cmd_pack(args: argparse.Namespace) -> int:
                                            else "sha256"))
     also_read = [p for p in (args.spec, args.sign_key, args.sign_cert) if p]
     _engine_note(args)
-    with progress_bars(enabled=not args.quiet) as bars:
+    from .farm import open_executor
+    with open_executor(args.executor) as executor, \
+            progress_bars(enabled=not args.quiet) as bars:
         result = pack(args.disks, output, vm=vm, ovf_version=args.ovf_version,
                       digest=args.digest, parallel=args.parallel, engine=args.engine,
                       level=args.level, signer=signer, spool_dir=args.spool_dir, progress=bars,
                       inputs=also_read, input_format=args.input_format, target=target,
-                      size=args.size)
+                      size=args.size, executor=executor, **_cache_args(args))
     if args.json:
         doc = result.as_dict()
         if args.output == "-":  # stdout carries the OVA: the JSON goes to stderr
@@ -307,6 +351,77 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     if not args.json:  # --json carries them in "warnings"
         for warning in result.warnings:
             _say("ovfstream: warning: %s" % warning)
+    return EXIT_OK
+
+
+def _cache_args(args: argparse.Namespace) -> dict[str, Any]:
+    if args.cache_max is not None and args.cache is None:
+        raise UsageError("--cache-max needs --cache DIR")
+    return {"cache": args.cache, "cache_max": args.cache_max}
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from .build import pack_many
+    from .farm import open_executor
+    _engine_note(args)
+    cache = _cache_args(args)
+    with contextlib.ExitStack() as stack:
+        executor = stack.enter_context(open_executor(args.executor))
+        report = _job_reporter(args, stack)
+        result = pack_many(args.jobs, executor=executor, parallel=args.parallel,
+                           engine=args.engine, level=args.level,
+                           input_format=args.input_format, size=args.size, on_done=report,
+                           **cache)
+    if args.json:
+        _emit_json(result.as_dict())
+    elif not args.quiet:
+        _say("%d job(s): %d built, %d failed, %.2f s" % (
+            len(result.jobs), len(result.jobs) - result.failed, result.failed, result.seconds))
+    return EXIT_CHECK if result.failed else EXIT_OK
+
+
+def _job_reporter(args: argparse.Namespace, stack: contextlib.ExitStack) -> Any:
+    """A callback per finished job: a line each (failures always, unless --json) and a rich
+    bar of jobs done when stderr is a terminal."""
+    bar = task = None
+    if not args.quiet and not args.json and sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+        bar = stack.enter_context(Progress(TextColumn("jobs"), BarColumn(),
+                                           MofNCompleteColumn(), console=Console(stderr=True)))
+        task = bar.add_task("jobs", total=None)
+
+    def report(outcome: Any) -> None:
+        if bar is not None:
+            bar.update(task, advance=1)
+        if args.json:
+            return
+        if outcome.ok:
+            if not args.quiet:
+                _say("built  %s: %s" % (outcome.job.label, outcome.job.output))
+        else:
+            _say("FAILED %s: %s: %s" % (outcome.job.label, outcome.job.output, outcome.error))
+    return report
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from .cache import SpanCache
+    if not os.path.isdir(args.folder):
+        raise UsageError("cache %s: %s is not a folder" % (args.cache_command, args.folder))
+    cache = SpanCache(args.folder)
+    if args.cache_command == "stats":
+        doc = {"operation": "cache stats", **cache.stats()}
+    else:
+        doc = {"operation": "cache prune", **cache.prune(args.max)}
+    if args.json:
+        _emit_json(doc)
+    else:
+        def shown(key: str, value: object) -> object:
+            if key.endswith("_use") and isinstance(value, float):  # an mtime: when last used
+                return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+            return value
+        sys.stdout.write("".join("%-12s %s\n" % (key, shown(key, value))
+                                 for key, value in doc.items() if key != "operation"))
     return EXIT_OK
 
 
@@ -343,7 +458,7 @@ def _cmd_repack(args: argparse.Namespace) -> int:
                         level=args.level, spool_dir=args.spool_dir, progress=bars,
                         inputs=[p for p in (args.sign_key, args.sign_cert) if p],
                         check_manifest=not args.no_manifest_check,
-                        input_format=args.input_format)
+                        input_format=args.input_format, **_cache_args(args))
     if args.json:
         doc = json.dumps(result.as_dict(), indent=2) + "\n"
         (sys.stderr if args.output == "-" else sys.stdout).write(doc)
@@ -414,7 +529,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 COMMANDS = {"convert": _cmd_convert, "extract": _cmd_extract, "pack": _cmd_pack,
             "repack": _cmd_repack,
-            "verify": _cmd_verify, "inspect": _cmd_inspect, "targets": _cmd_targets}
+            "verify": _cmd_verify, "inspect": _cmd_inspect, "targets": _cmd_targets,
+            "build": _cmd_build, "cache": _cmd_cache}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .atomic import atomic_output
+from .cache import SpanCache, open_cache
 from .engine import get_engine
 from .errors import UsageError
 from .outputs import Inputs
@@ -33,7 +34,9 @@ def convert(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
             parallel: int | None = None, engine: str = "isal", level: int | None = None,
             adapter_type: str = "lsilogic", fsync: bool = True,
             progress: Callable[[int, int], None] | None = None,
-            input_format: str = "auto", size: int | None = None) -> ConvertResult:
+            input_format: str = "auto", size: int | None = None,
+            cache: SpanCache | str | os.PathLike[str] | None = None,
+            cache_max: int | None = None) -> ConvertResult:
     """Convert a disk image (raw file or block device, qcow2...) into a stream-optimized VMDK.
 
     ``input_format="auto"`` reads the formats sources/ has a reader for and refuses any other
@@ -44,9 +47,13 @@ def convert(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
     Writes a fresh temporary beside ``output`` and renames it on success; a failure leaves
     no ``output``.  ``output`` may not be the source (UsageError); ``/dev/null`` discards.
     A source that changes while it is read fails (rule ``source.changed``).
+
+    ``cache``: a span cache folder (or SpanCache): spans it holds are not compressed again,
+    with the same output bytes; ``cache_max`` caps it after the run (cache.py).
     """
     workers = check_workers(parallel)
     eng = get_engine(engine, level)
+    span_cache = open_cache(cache, cache_max)
     out = os.fspath(output)
     if out == "-":
         raise UsageError("convert -o -: a bare VMDK is written to a file; use pack -o - to stream")
@@ -60,6 +67,8 @@ def convert(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
         with atomic_output(out, fsync=fsync) as f:
             stats = write_stream_vmdk(src, f.write, file_name=name, engine=eng,
                                       workers=workers, adapter_type=adapter_type,
-                                      progress=progress)
+                                      progress=progress, cache=span_cache)
             src.check_unchanged()
+    if span_cache is not None and span_cache.max_bytes is not None:
+        span_cache.prune()
     return ConvertResult(os.fspath(source), out, stats, workers)

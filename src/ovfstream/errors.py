@@ -71,6 +71,11 @@ class FormatError(OvfstreamError):
     def __str__(self) -> str:
         return "%s: [%s] %s" % (location(self.path, self.member, self.offset), self.rule, self.detail)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # Whole across processes (farm workers): the default would call cls(message).
+        return (type(self), (self.rule, self.detail),
+                {"path": self.path, "member": self.member, "offset": self.offset})
+
     def located(self, *, path: str | os.PathLike[str] | None = None,
                 member: str | None = None, offset_base: int = 0) -> "FormatError":
         """Re-anchor an error raised on a member to the package that contains it."""

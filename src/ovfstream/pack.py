@@ -15,13 +15,16 @@ import re
 import stat
 import time
 from collections.abc import Iterator
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Sequence
 
 from .atomic import AtomicFiles, atomic_output, output_kind, signals_held
+from .cache import SpanCache, open_cache
 from .cert import SigningKey, load_signing_key
 from .engine import get_engine
 from .errors import UsageError
+from .farm import remote_spans
 from .manifest import DIGESTS, manifest_size, render_manifest
 from .outputs import Inputs
 from .ova.writer import FolderWriter, FrontMembers, SeekableOvaWriter, StreamingOvaWriter
@@ -275,7 +278,9 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
          mtime: int | None = None, signer: Signer | None = None, fsync: bool = True,
          spool_dir: PathLike | None = None, progress: Progress | None = None,
          inputs: Sequence[PathLike] = (), input_format: str = "auto",
-         size: int | None = None) -> PackResult:
+         size: int | None = None,
+         cache: SpanCache | PathLike | None = None, cache_max: int | None = None,
+         executor: Executor | None = None) -> PackResult:
     """Pack raw ``disks`` (boot disk first) into an OVA, an OVA stream or an OVF folder.
 
     ``output``: ``NAME.ova`` (written under a fresh temporary name beside it, renamed on
@@ -299,6 +304,11 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
     A disk ``"-"`` is a raw disk of ``size`` bytes read from standard input (once: at most one
     ``"-"``; its tar mtime is 0, see above); ``size`` is also the size of every zstd disk whose
     frames do not record it, and must agree with those whose frames do.
+
+    ``cache`` (a folder or a SpanCache): spans found there are not compressed again; the
+    bytes are the same (cache.py).  ``cache_max`` caps the folder after the pack (LRU).
+    ``executor`` (any concurrent.futures.Executor, e.g. a Dask client's): its workers read
+    and encode the spans from the disks' paths, which they must see (farm.py); same bytes.
     """
     started = time.perf_counter()
     if not disks:
@@ -309,6 +319,7 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
         raise UsageError("pack: standard input (-) can be read as one disk only")
     workers = check_workers(parallel)
     eng = get_engine(engine, level)
+    span_cache = open_cache(cache, cache_max)
     out = output_form(output)
     if vm is None:
         vm = (VirtualMachine(name=out.stem) if preset is None
@@ -340,10 +351,14 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
         with package_writer(out, front, mtime=mtime, fsync=fsync, spool_dir=spool_dir) as writer:
             for i, (src, name) in enumerate(zip(sources, names)):
                 report = None if progress is None else progress_of(progress, name)
+                remote = None if executor is None else remote_spans(
+                    executor, path=os.fspath(disks[i]), input_format=input_format,
+                    cache_root=span_cache.root if span_cache is not None else None)
                 with writer.member(name) as sink:
                     stats.append(write_stream_vmdk(
                         src, sink.write, file_name=name, engine=eng, workers=workers,
-                        adapter_type=adapter_for(vm.slot_for(i)), progress=report))
+                        adapter_type=adapter_for(vm.slot_for(i)), progress=report,
+                        cache=span_cache if executor is None else None, remote=remote))
                     src.check_unchanged()  # before anything is renamed into place or streamed
                 disk_files.append(PackedFile(name, sink.size, sink.hexdigest()))
             descriptor = render_descriptor(
@@ -354,6 +369,8 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
             front_data = front.render(descriptor, disk_files)
             writer.finish(front_data)
 
+    if span_cache is not None and span_cache.max_bytes is not None:
+        span_cache.prune()
     files = front.files(front_data) + disk_files
     if preset is not None and out.form != "ovf":  # the OVA's size is known only now
         warnings += check_packed_size(preset, out.shown, sum(f.size for f in files))

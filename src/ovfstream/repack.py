@@ -32,6 +32,7 @@ from typing import BinaryIO
 
 from lxml import etree
 
+from .cache import SpanCache, open_cache
 from .engine import get_engine
 from .errors import DigestMismatchError, FormatError, UnsupportedError, UsageError
 from .manifest import parse_manifest
@@ -165,7 +166,8 @@ def repack(package: PathLike, output: PathLike | BinaryIO, *,
            level: int | None = None, mtime: int | None = None, fsync: bool = True,
            spool_dir: PathLike | None = None, progress: Progress | None = None,
            inputs: Sequence[PathLike] = (), check_manifest: bool = True,
-           input_format: str = "auto") -> RepackResult:
+           input_format: str = "auto", cache: SpanCache | PathLike | None = None,
+           cache_max: int | None = None) -> RepackResult:
     """Repack ``package`` (an .ova, an .ovf with its folder, or a folder with one .ovf) into
     ``output`` (``NAME.ova``, ``DIR/NAME.ovf`` or a binary stream), as pack writes them.
 
@@ -176,9 +178,11 @@ def repack(package: PathLike, output: PathLike | BinaryIO, *,
     the input descriptor's (its tar header's, or the .ovf file's), so OVA -> folder -> OVA
     gives the same bytes.  A manifest that does not match is refused (``repack.manifest``)
     unless ``check_manifest`` is False (then it is a warning); a signature is not carried
-    (sign again with ``signer``).  ``input_format`` is pack's, for the disks re-encoded.
+    (sign again with ``signer``).  ``input_format`` is pack's, for the disks re-encoded;
+    ``cache``/``cache_max`` too (the span cache, cache.py: copied disks do not use it).
     """
     started = time.perf_counter()
+    span_cache = open_cache(cache, cache_max)
     pkg = open_package(package)
     data = pkg.read_small(pkg.descriptor)
     desc, findings, root = parse_descriptor_tree(data, path=pkg.location(pkg.descriptor))
@@ -251,7 +255,7 @@ def repack(package: PathLike, output: PathLike | BinaryIO, *,
                         stats = write_stream_vmdk(src, sink.write, file_name=name, engine=eng,
                                                   workers=workers,
                                                   adapter_type=adapter_for(slot),
-                                                  progress=report)
+                                                  progress=report, cache=span_cache)
                         src.check_unchanged()
                         result = RepackedDisk(pkg.location(member), name, None, stats)
                 done.append(result)
@@ -263,6 +267,8 @@ def repack(package: PathLike, output: PathLike | BinaryIO, *,
             manifest.judge(check_manifest, warnings)
             writer.finish(front_data)
 
+    if span_cache is not None and span_cache.max_bytes is not None:
+        span_cache.prune()
     files = front.files(front_data) + disk_files
     if preset is not None and out.form != "ovf":
         warnings += check_packed_size(preset, out.shown, sum(f.size for f in files))

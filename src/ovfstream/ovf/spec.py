@@ -58,7 +58,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 (pyproject declares tomli there)
     import tomli as tomllib
 
-__all__ = ["SPEC_KEYS", "PRODUCT_KEYS", "PROPERTY_KEYS", "load_spec", "vm_from_mapping",
+__all__ = ["SPEC_KEYS", "PRODUCT_KEYS", "PROPERTY_KEYS", "load_spec", "load_table",
+           "absolute_eula", "vm_from_mapping",
            "vm_from_layers", "parse_nic", "parse_slot"]
 
 SPEC_KEYS: tuple[str, ...] = (
@@ -373,14 +374,31 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     A relative ``eula_file`` is made absolute against the spec file's folder.
     """
+    return absolute_eula(load_table(path, what="spec", keys=SPEC_KEYS), Path(path))
+
+
+def absolute_eula(table: dict[str, Any], anchor: Path) -> dict[str, Any]:
+    """``table`` with a relative ``eula_file`` made absolute against the folder of
+    ``anchor`` (the file the table came from)."""
+    result = dict(table)
+    eula_file = result.get("eula_file")
+    if isinstance(eula_file, str) and not Path(eula_file).is_absolute():
+        result["eula_file"] = str(anchor.resolve().parent / eula_file)
+    return result
+
+
+def load_table(path: str | os.PathLike[str], *, what: str,
+               keys: Sequence[str]) -> dict[str, Any]:
+    """A TOML, YAML or JSON file (by suffix) that holds one table -> dict; ``what`` names
+    the file in errors (``spec``, ``jobs``), ``keys`` what it may hold."""
     spec_path = Path(path)
     suffix = spec_path.suffix.lower()
     if suffix not in (".toml", ".yaml", ".yml", ".json"):
-        raise _bad("spec", os.fspath(path), "a .toml, .yaml, .yml or .json file")
+        raise _bad(what, os.fspath(path), "a .toml, .yaml, .yml or .json file")
     with open(spec_path, "rb") as handle:
         data = handle.read(MAX_SPEC_BYTES + 1)
     if len(data) > MAX_SPEC_BYTES:
-        raise UsageError("spec: %s is larger than %d bytes" % (spec_path, MAX_SPEC_BYTES))
+        raise UsageError("%s: %s is larger than %d bytes" % (what, spec_path, MAX_SPEC_BYTES))
     try:
         if suffix == ".toml":
             loaded: object = tomllib.loads(data.decode("utf-8"))
@@ -391,19 +409,15 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
     except (tomllib.TOMLDecodeError, json.JSONDecodeError, yaml.YAMLError,
             UnicodeDecodeError, ValueError) as exc:
         # ValueError: json refuses an integer of more than 4300 digits.
-        raise UsageError("spec: %s cannot be parsed: %s" % (spec_path, _REPR.repr(str(exc))[1:-1])
-                         ) from None
+        raise UsageError("%s: %s cannot be parsed: %s"
+                         % (what, spec_path, _REPR.repr(str(exc))[1:-1])) from None
     except RecursionError:
         # All three parsers recurse per nesting level; the stack is unwound by now.
-        raise UsageError("spec: %s is nested too deeply to be a VM description" % spec_path
+        raise UsageError("%s: %s is nested too deeply to be a %s file" % (what, spec_path, what)
                          ) from None
     if loaded is None:
         loaded = {}
     if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
-        raise UsageError("spec: %s must hold a table of keys (%s)"
-                         % (spec_path, ", ".join(SPEC_KEYS)))
-    result = dict(loaded)
-    eula_file = result.get("eula_file")
-    if isinstance(eula_file, str) and not Path(eula_file).is_absolute():
-        result["eula_file"] = str(spec_path.resolve().parent / eula_file)
-    return result
+        raise UsageError("%s: %s must hold a table of keys (%s)"
+                         % (what, spec_path, ", ".join(keys)))
+    return dict(loaded)

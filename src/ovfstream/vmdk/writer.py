@@ -17,7 +17,7 @@ import threading
 import time
 from array import array
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import xxhash
 
@@ -29,6 +29,9 @@ from . import layout as L
 from .contentid import ContentId
 from .descriptor import render_descriptor
 
+if TYPE_CHECKING:
+    from ..cache import SpanCache
+
 try:
     if __import__("sys").byteorder != "little":  # the native framing writes host-order words
         raise ImportError("big-endian host")
@@ -38,9 +41,12 @@ except ImportError:  # pragma: no cover - exercised by the parity tests through 
     from .. import grains_py as _codec
     NATIVE = False
 
-__all__ = ["StreamVmdkWriter", "DiskStats", "write_stream_vmdk", "NATIVE"]
+__all__ = ["StreamVmdkWriter", "DiskStats", "write_stream_vmdk", "encode_span", "NATIVE"]
 
 Write = Callable[[bytes | bytearray | memoryview], object]
+# (source, engine) -> (plan, framed, bytes used, gt_rel, prints, payload) per span, in order
+RemoteSpans = Callable[[DiskSource, Engine],
+                       Iterator[tuple[SpanPlan, bytes, int, bytes, bytes, int]]]
 
 
 class StreamVmdkWriter:
@@ -121,6 +127,7 @@ class DiskStats:
     seconds: float
     engine: dict[str, object] = field(default_factory=dict)
     last_grain_written: bool = False  # the disk's last grain holds data
+    cache: dict[str, object] | None = None  # span cache use (cache.py), when one was given
 
     @property
     def populated_bytes(self) -> int:
@@ -142,6 +149,7 @@ class DiskStats:
             "seconds": round(self.seconds, 6),
             "read_gb_per_s": round(self.bytes_read / self.seconds / 1e9, 3) if self.seconds else None,
             "engine": self.engine,
+            **({"cache": self.cache} if self.cache is not None else {}),
         }
 
 
@@ -152,10 +160,36 @@ def _release_tail(buffer: mmap.mmap, used: int) -> None:
         buffer.madvise(mmap.MADV_DONTNEED, start, len(buffer) - start)
 
 
+def encode_span(engine: Engine, local: threading.local, take_buffer: Callable[[], Any],
+                view: memoryview, first_lba: int, n_grains: int
+                ) -> tuple[Any, int, bytes, bytes, int]:
+    """One span's framed grains: (buffer, bytes of it used, gt_rel, prints, payload).
+    ``local`` keeps the calling thread's engine state; ``take_buffer`` gives the native
+    encoder a buffer of SPAN_FRAMED_BYTES (the callable path makes its own)."""
+    native = engine.span_encoder
+    if native is not None:  # whole span without the GIL; same bytes (engine.py)
+        stream = getattr(local, "stream", None)
+        if stream is None:  # this thread's ISA-L state, at a fixed kind of address
+            stream = local.stream = native.new_stream()
+        out = take_buffer()
+        n, gt_rel, prints, payload = native.encode_span_into(out, view, first_lba,
+                                                             n_grains, stream)
+        return out, n, gt_rel, prints, payload
+    framed, gt_rel, prints, payload = _codec.encode_span(
+        view, first_lba, n_grains, engine.compress, xxhash.xxh3_64_intdigest)
+    return framed, len(framed), gt_rel, prints, payload
+
+
 def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engine: Engine,
                       workers: int, adapter_type: str = "lsilogic",
-                      progress: Callable[[int, int], None] | None = None) -> DiskStats:
-    """Encode ``source`` as a stream-optimized VMDK through ``write``, in one pass."""
+                      progress: Callable[[int, int], None] | None = None,
+                      cache: SpanCache | None = None,
+                      remote: RemoteSpans | None = None) -> DiskStats:
+    """Encode ``source`` as a stream-optimized VMDK through ``write``, in one pass.
+
+    ``cache``: spans whose raw bytes it holds are taken from it, not compressed (cache.py).
+    ``remote``: encodes the spans elsewhere (farm.py) and yields them in order; the
+    descriptor, framing of the stream and content id stay here."""
     started = time.perf_counter()
     disk_key = source.sample_key(engine=engine.name, level=engine.level,
                                  adapter_type=adapter_type, file_name=file_name)
@@ -164,9 +198,6 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
     writer = StreamVmdkWriter(write, capacity_sectors=source.capacity_sectors,
                               descriptor=descriptor)
     local = threading.local()
-    compress = engine.compress
-    fingerprint = xxhash.xxh3_64_intdigest
-    native = engine.span_encoder
     # Framed-output buffers go back to this pool once written: a reused buffer's pages are
     # already mapped, a new 33 MB one costs thousands of page faults.  They are anonymous
     # maps so that the part past what a span used can be handed back to the kernel (RSS
@@ -174,24 +205,26 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
     pool: list[mmap.mmap] = []
     pool_lock = threading.Lock()
 
-    def encode(plan: SpanPlan) -> tuple[SpanPlan, bytearray, int, bytes, bytes, int]:
+    def take_buffer() -> mmap.mmap:
+        with pool_lock:
+            return pool.pop() if pool else mmap.mmap(-1, _codec.SPAN_FRAMED_BYTES)
+
+    def compress_span(view: memoryview, first_lba: int, n_grains: int
+                      ) -> tuple[bytearray | mmap.mmap, int, bytes, bytes, int]:
+        return encode_span(engine, local, take_buffer, view, first_lba, n_grains)
+
+    session = cache.session(engine) if cache is not None else None
+
+    def encode(plan: SpanPlan) -> tuple[SpanPlan, bytearray | mmap.mmap, int, bytes, bytes, int]:
         buf = getattr(local, "buf", None)
         if buf is None:
             buf = local.buf = bytearray(L.SPAN_BYTES)
         view = source.read_span(plan, buf)
         first_lba = plan.index * L.SPAN_GRAINS * L.GRAIN_SECTORS
-        if native is not None:  # whole span without the GIL; same bytes (engine.py)
-            stream = getattr(local, "stream", None)
-            if stream is None:  # this thread's ISA-L state, at a fixed kind of address
-                stream = local.stream = native.new_stream()
-            with pool_lock:
-                out = pool.pop() if pool else mmap.mmap(-1, _codec.SPAN_FRAMED_BYTES)
-            n, gt_rel, prints, payload = native.encode_span_into(out, view, first_lba,
-                                                                 plan.n_grains, stream)
-            return plan, out, n, gt_rel, prints, payload
-        framed, gt_rel, prints, payload = _codec.encode_span(
-            view, first_lba, plan.n_grains, compress, fingerprint)
-        return plan, framed, len(framed), gt_rel, prints, payload
+        if session is not None:  # a hit skips compress_span only
+            return (plan, *session.encode(view, first_lba, plan.n_grains,  # type: ignore[return-value]
+                                          compress_span, take_buffer))
+        return (plan, *compress_span(view, first_lba, plan.n_grains))
 
     content_id = ContentId(source.capacity_sectors)
     grains = zero_grains = payload_total = 0
@@ -200,7 +233,8 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
     writer.start()
     # One span queued beyond the running ones keeps every core busy while the writer drains
     # in order; each span in flight holds a framed buffer of up to 33 MB, so no more.
-    results = ordered_map(encode, source.spans(), workers=workers, window=workers + 1)
+    results = (remote(source, engine) if remote is not None else
+               ordered_map(encode, source.spans(), workers=workers, window=workers + 1))
     try:
         for plan, framed, n_framed, gt_rel, prints, payload in results:
             with memoryview(framed) as used:
@@ -235,4 +269,5 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
         zero_grains_skipped=zero_grains, payload_bytes=payload_total,
         content_id=content_id.hexdigest(), disk_key=disk_key.hex(),
         seconds=time.perf_counter() - started, engine=engine.describe(),
-        last_grain_written=last_grain_written)
+        last_grain_written=last_grain_written,
+        cache=session.describe() if session is not None else None)

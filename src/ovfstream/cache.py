@@ -1,0 +1,359 @@
+"""Span cache: a 32 MiB span's framed grains, kept on disk, keyed by the span's raw bytes.
+
+A nightly rebuild of an image in which a few MiB changed compresses only the spans that
+changed: every span is still read and hashed, and a span whose key is in the cache takes its
+framed bytes from there instead of from the engine.  A hit gives the bytes a cold build
+gives, so the output is the same either way.
+
+Key: xxh3-128 over everything that shapes the framed bytes -- the framing version below, the
+engine's name, version string and level, the span's grain count -- and the span's raw
+bytes.  The position of the span is not part of it: entries hold grain-marker LBAs and
+content-id fingerprints *relative to the span*, and a hit adds the span's first LBA back, so
+a span that moved (a file system that grew) still hits.  Only engines whose bytes are the
+same on every run and CPU use the cache (Engine.reproducible): with the others a cached span
+could differ from what this machine would compute.
+
+An entry file (``DIR/spans-v1/ab/cdef....span``) is a header, the framed span, its grain
+table (1 + sector within the span, or 0), the fingerprints, then an xxh3-128 of all of it.
+It is written under a temporary name and renamed (atomic.py), so readers never see half an
+entry, and processes may share one folder.  Anything that does not check out -- truncated,
+zeroed, a flipped byte, a header whose sizes do not fit, a grain table that points outside
+the span or at a marker of another grain -- is a miss: the span is compressed again and the
+entry replaced.  A hit touches the entry's mtime; ``prune`` deletes the least recently used
+entries until the folder fits its cap.
+
+The key is a fast hash, not a cryptographic one: a cache folder is trusted like the build
+machine's own files (whoever can write it can change packages built from it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import struct
+import threading
+import time
+from array import array
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import xxhash
+
+from .atomic import TEMP_SUFFIX, atomic_output
+from .errors import UsageError
+from .vmdk import layout as L
+
+__all__ = ["SpanCache", "CacheSession", "FRAMING_VERSION", "open_cache"]
+
+# Bump when the framed bytes of a span change for the same engine output (marker layout,
+# padding, the grain table's meaning): old entries then simply stop matching.
+FRAMING_VERSION = 1
+_MAGIC = b"OVFSPAN1"
+# magic, key, framing version, n_grains, framed bytes, grain-table bytes, print bytes, payload
+_HEAD = struct.Struct("<8s16sIIQIIQ")
+_DIGEST_BYTES = 16
+_MAX_FRAMED = L.SPAN_GRAINS * (-(-(12 + L.MAX_GRAIN_PAYLOAD) // L.SECTOR) * L.SECTOR)
+_MAX_ENTRY = _HEAD.size + _MAX_FRAMED + 4 * L.SPAN_GRAINS + 16 * L.SPAN_GRAINS + _DIGEST_BYTES
+_SUBDIR = "spans-v1"
+_ENTRY_RE = re.compile(r"^[0-9a-f]{30}\.span$")
+# A temporary older than this belongs to a process that died mid-write.
+_STALE_TEMP_SECONDS = 3600
+
+# (framed buffer, bytes of it used, gt_rel, prints, payload bytes): what span encoders return
+Encoded = tuple[object, int, bytes, bytes, int]
+Compress = Callable[[memoryview, int, int], Encoded]
+
+
+def _read_fully(fd: int, views: list[memoryview], offset: int) -> bool:
+    """Fill ``views`` from ``offset`` on; False at an early end of file."""
+    want = sum(v.nbytes for v in views)
+    got = 0
+    while got < want:
+        rest, skip = [], got
+        for v in views:
+            if skip >= v.nbytes:
+                skip -= v.nbytes
+                continue
+            rest.append(v[skip:])
+            skip = 0
+        n = os.preadv(fd, rest, offset + got)
+        if n == 0:
+            return False
+        got += n
+    return True
+
+
+@dataclass(frozen=True)
+class _Entry:
+    buffer: Any         # what holds the framed bytes at its start
+    framed: memoryview  # LBAs relative to the span (writable)
+    gt_rel: bytes
+    prints: memoryview  # LBAs relative to the span (writable)
+    payload: int
+
+
+def _shift_lbas(framed: bytearray | memoryview, gt_rel: bytes, prints: bytearray | memoryview,
+                delta: int,
+                n_grains: int) -> bool:
+    """Add ``delta`` to every grain marker's LBA and every fingerprint's LBA, checking on the
+    way that the grain table, markers and fingerprints agree; False if they do not."""
+    table = array("I")
+    table.frombytes(gt_rel)
+    if len(table) != n_grains:
+        return False
+    n_prints = len(prints) // 16
+    k = 0
+    last_end = 0
+    for i, rel in enumerate(table):
+        if not rel:
+            continue
+        at = (rel - 1) * L.SECTOR
+        if at < last_end or at + 12 > len(framed) or k >= n_prints:
+            return False
+        lba, size = struct.unpack_from("<QI", framed, at)
+        lba_rel = i * L.GRAIN_SECTORS
+        want = lba_rel if delta >= 0 else lba_rel - delta
+        if lba != want or not 0 < size <= L.MAX_GRAIN_PAYLOAD or at + 12 + size > len(framed):
+            return False
+        p_lba = struct.unpack_from("<Q", prints, 16 * k)[0]
+        if p_lba != want:
+            return False
+        struct.pack_into("<Q", framed, at, lba + delta)
+        struct.pack_into("<Q", prints, 16 * k, p_lba + delta)
+        last_end = at + 12 + size
+        k += 1
+    return k == n_prints and len(prints) == 16 * n_prints
+
+
+class SpanCache:
+    """A cache folder (created if missing); ``max_bytes`` caps it after each run (LRU)."""
+
+    def __init__(self, root: str | os.PathLike[str], *, max_bytes: int | None = None) -> None:
+        self.root = os.fspath(root)
+        if max_bytes is not None and max_bytes < 0:
+            raise UsageError("--cache-max %d: allowed 0 or more bytes" % max_bytes)
+        self.max_bytes = max_bytes
+        self._dir = os.path.join(self.root, _SUBDIR)
+        try:
+            os.makedirs(self._dir, exist_ok=True)
+        except FileExistsError:
+            raise UsageError("--cache %s: exists and is not a folder" % self.root) from None
+        except NotADirectoryError:
+            raise UsageError("--cache %s: a part of the path is not a folder" % self.root
+                             ) from None
+        if not os.path.isdir(self._dir):
+            raise UsageError("--cache %s: exists and is not a folder" % self.root)
+
+    def __repr__(self) -> str:
+        return "SpanCache(%r, max_bytes=%r)" % (self.root, self.max_bytes)
+
+    def __reduce__(self) -> tuple[object, ...]:  # sent to remote workers by path
+        return (_reopen, (self.root, self.max_bytes))
+
+    def path_for(self, key: bytes) -> str:
+        text = key.hex()
+        return os.path.join(self._dir, text[:2], text[2:] + ".span")
+
+    def session(self, engine: object) -> "CacheSession":
+        """The cache as one engine setting sees it, with counters for one run."""
+        return CacheSession(self, engine)
+
+    # -- entries ---------------------------------------------------------------------------
+
+    def load(self, key: bytes, n_grains: int,
+             take_buffer: Callable[[], Any] | None = None) -> _Entry | None:
+        """The entry for ``key`` if it exists and checks out, else None.  The framed bytes
+        are read to the start of ``take_buffer()`` (the writer's pooled span buffers: no
+        fresh pages per hit), else of a new bytearray."""
+        path = self.path_for(key)
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | os.O_NOFOLLOW)
+        except OSError:
+            return None
+        try:
+            size = os.fstat(fd).st_size
+            if not _HEAD.size + _DIGEST_BYTES <= size <= _MAX_ENTRY:
+                return None
+            head = os.pread(fd, _HEAD.size, 0)
+            if len(head) != _HEAD.size:
+                return None
+            magic, stored_key, version, grains, n_framed, n_gt, n_prints, payload = \
+                _HEAD.unpack(head)
+            if (magic != _MAGIC or stored_key != key or version != FRAMING_VERSION
+                    or grains != n_grains or n_framed > _MAX_FRAMED or n_framed % L.SECTOR
+                    or n_gt != 4 * n_grains or n_prints > 16 * n_grains or n_prints % 16
+                    or _HEAD.size + n_framed + n_gt + n_prints + _DIGEST_BYTES != size):
+                return None
+            buffer = take_buffer() if take_buffer is not None else bytearray(n_framed)
+            framed = memoryview(buffer)[:n_framed]
+            tail = bytearray(n_gt + n_prints + _DIGEST_BYTES)
+            if not _read_fully(fd, [framed, memoryview(tail)], _HEAD.size):
+                return None
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        digest = xxhash.xxh3_128(head)
+        digest.update(framed)
+        digest.update(memoryview(tail)[:-_DIGEST_BYTES])
+        if digest.digest() != bytes(tail[-_DIGEST_BYTES:]):
+            return None
+        return _Entry(buffer, framed, bytes(tail[:n_gt]),
+                      memoryview(tail)[n_gt:n_gt + n_prints], payload)
+
+    def store(self, key: bytes, n_grains: int, framed: bytearray, gt_rel: bytes,
+              prints: bytearray, payload: int) -> None:
+        """Write an entry (LBAs already relative) under a temporary name, then rename."""
+        path = self.path_for(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        head = _HEAD.pack(_MAGIC, key, FRAMING_VERSION, n_grains, len(framed), len(gt_rel),
+                          len(prints), payload)
+        digest = xxhash.xxh3_128()
+        for part in (head, framed, gt_rel, prints):
+            digest.update(part)
+        # No fsync: an entry lost or zeroed by a crash is caught by its digest and rewritten.
+        with atomic_output(path, fsync=False) as f:
+            for part in (head, framed, gt_rel, prints, digest.digest()):
+                f.write(part)
+
+    def touch(self, key: bytes) -> None:
+        with contextlib.suppress(OSError):
+            os.utime(self.path_for(key))  # LRU: a hit is a use
+
+    # -- the folder as a whole -------------------------------------------------------------
+
+    def _scan(self) -> Iterator[tuple[str, os.stat_result, bool]]:
+        """(path, stat, is_entry) of every entry and temporary in the folder."""
+        try:
+            shards = sorted(os.scandir(self._dir), key=lambda e: e.name)
+        except OSError:
+            return
+        for shard in shards:
+            if not shard.is_dir(follow_symlinks=False):
+                continue
+            try:
+                names = list(os.scandir(shard.path))
+            except OSError:
+                continue
+            for entry in names:
+                try:
+                    st = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if _ENTRY_RE.match(entry.name):
+                    yield entry.path, st, True
+                elif entry.name.endswith(TEMP_SUFFIX):
+                    yield entry.path, st, False
+
+    def stats(self) -> dict[str, object]:
+        entries = [(st.st_mtime, st.st_size) for _, st, is_entry in self._scan() if is_entry]
+        times = [t for t, _ in entries]
+        return {"cache": self.root, "entries": len(entries),
+                "bytes": sum(s for _, s in entries), "max_bytes": self.max_bytes,
+                "oldest_use": min(times) if times else None,
+                "newest_use": max(times) if times else None}
+
+    def prune(self, max_bytes: int | None = None) -> dict[str, object]:
+        """Delete least recently used entries until the folder holds at most ``max_bytes``
+        (default: the cap given at construction; None: only stale temporaries go)."""
+        cap = self.max_bytes if max_bytes is None else max_bytes
+        now = time.time()
+        entries: list[tuple[float, int, str]] = []
+        removed = freed = 0
+        for path, st, is_entry in self._scan():
+            if is_entry:
+                entries.append((st.st_mtime, st.st_size, path))
+            elif now - st.st_mtime > _STALE_TEMP_SECONDS:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        total = sum(size for _, size, _ in entries)
+        if cap is not None:
+            entries.sort()
+            for _, size, path in entries:
+                if total <= cap:
+                    break
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:  # another process pruned it first
+                    pass
+                except OSError:
+                    continue
+                total -= size
+                removed += 1
+                freed += size
+        return {"cache": self.root, "removed": removed, "freed_bytes": freed,
+                "entries": len(entries) - removed, "bytes": total, "max_bytes": cap}
+
+
+def _reopen(root: str, max_bytes: int | None) -> SpanCache:
+    return SpanCache(root, max_bytes=max_bytes)
+
+
+def open_cache(cache: "SpanCache | str | os.PathLike[str] | None",
+               max_bytes: int | None = None) -> SpanCache | None:
+    """The API's ``cache=`` argument (a folder or a SpanCache) as a SpanCache, or None."""
+    if cache is None or isinstance(cache, SpanCache):
+        if cache is not None and max_bytes is not None:
+            cache.max_bytes = max_bytes
+        return cache
+    return SpanCache(cache, max_bytes=max_bytes)
+
+
+class CacheSession:
+    """One run's use of the cache with one engine setting: lookups, stores and counters."""
+
+    def __init__(self, cache: SpanCache, engine: object) -> None:
+        self.cache = cache
+        name, level, version = engine.name, engine.level, engine.version  # type: ignore[attr-defined]
+        self.enabled = bool(engine.reproducible)  # type: ignore[attr-defined]
+        self.why_not = None if self.enabled else (
+            "engine %s level %s does not give the same bytes on every run and CPU" % (name, level))
+        self._prefix = ("ovfstream span cache\0%d\0%s\0%s\0%d\0"
+                        % (FRAMING_VERSION, name, version, level)).encode()
+        self._lock = threading.Lock()
+        self.hits = self.misses = self.stored = self.store_errors = 0
+
+    def key(self, view: memoryview, n_grains: int) -> bytes:
+        hasher = xxhash.xxh3_128(self._prefix + struct.pack("<I", n_grains))
+        hasher.update(view)
+        return hasher.digest()
+
+    def encode(self, view: memoryview, first_lba: int, n_grains: int,
+               compress: Compress, take_buffer: Callable[[], Any] | None = None) -> Encoded:
+        """``compress(view, first_lba, n_grains)``'s result, from the cache when it has it
+        (its framed bytes then at the start of ``take_buffer()``, else of a bytearray)."""
+        if not self.enabled:
+            return compress(view, first_lba, n_grains)
+        key = self.key(view, n_grains)
+        entry = self.cache.load(key, n_grains, take_buffer)
+        if entry is not None and _shift_lbas(entry.framed, entry.gt_rel, entry.prints,
+                                             first_lba, n_grains):
+            self.cache.touch(key)
+            with self._lock:
+                self.hits += 1
+            return entry.buffer, entry.framed.nbytes, entry.gt_rel, bytes(entry.prints), \
+                entry.payload
+        result = compress(view, first_lba, n_grains)
+        out, n, gt_rel, prints, payload = result
+        with memoryview(out) as used:  # type: ignore[arg-type]
+            framed = bytearray(used[:n])
+        rel_prints = bytearray(prints)
+        stored = _shift_lbas(framed, gt_rel, rel_prints, -first_lba, n_grains)
+        try:
+            if stored:
+                self.cache.store(key, n_grains, framed, gt_rel, rel_prints, payload)
+        except OSError:  # a full or read-only cache slows the build, never fails it
+            stored = False
+        with self._lock:
+            self.misses += 1
+            if stored:
+                self.stored += 1
+            else:
+                self.store_errors += 1
+        return result
+
+    def describe(self) -> dict[str, object]:
+        return {"folder": self.cache.root, "used": self.enabled, "why_not": self.why_not,
+                "hits": self.hits, "misses": self.misses, "stored": self.stored,
+                "store_errors": self.store_errors}
