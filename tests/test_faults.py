@@ -124,8 +124,8 @@ def test_signal_mid_run_leaves_nothing(tmp_path, case):
     proc = subprocess.Popen(OVFSTREAM + [os.fspath(a) for a in argv] + SLOW, stdout=stdout,
                             stderr=subprocess.PIPE, text=True)
     try:
-        if what == "pack-stream":
-            _wait_for(lambda: any(p.iterdir() for p in spool.iterdir()))
+        if what == "pack-stream":  # the disk's spool file exists: the run is mid-disk
+            _wait_for(lambda: any(any(p.iterdir()) for p in spool.iterdir()))
         else:
             _wait_for(lambda: any(p.name.endswith(".partial") for p in out_dir.iterdir()))
         proc.send_signal(signum)
@@ -144,6 +144,79 @@ def test_signal_mid_run_leaves_nothing(tmp_path, case):
         assert list(spool.iterdir()) == [] and (out_dir / "stream.ova").stat().st_size == 0
     else:
         assert listing(out_dir) == []
+
+
+# The windows where a signal used to leave files behind, hit on purpose: the process sends
+# the signal to itself from inside the window (a hook in a small driver script).
+_DRIVER = """
+import os, signal, sys, tempfile
+from ovfstream import atomic, cli
+window, argv = sys.argv[1], sys.argv[2:]
+made = []
+
+def kill(signum):
+    os.kill(os.getpid(), signum)
+
+real_create, real_mkdtemp, real_lock, real_unlink = (
+    atomic._create_temp, tempfile.mkdtemp, atomic._folder_lock, os.unlink)
+
+def create(final):  # right after the temporary exists, before it is registered
+    made.append(real_create(final))
+    if window == "created" or (window == "cleanup" and len(made) == 2):
+        kill(signal.SIGTERM)
+    return made[-1]
+
+def mkdtemp(*a, **k):  # right after the spool folder exists
+    folder = real_mkdtemp(*a, **k)
+    kill(signal.SIGTERM)
+    return folder
+
+def lock(folder):  # inside the commit, before the first rename
+    kill(signal.SIGTERM)
+    return real_lock(folder)
+
+def unlink(path, *a, **k):  # a Ctrl-C while the first temporary is being removed
+    real_unlink(path, *a, **k)
+    if path.endswith(".partial") and not made[-1:] == [None]:
+        made.append(None)
+        kill(signal.SIGINT)
+
+atomic._create_temp, tempfile.mkdtemp, atomic._folder_lock = create, mkdtemp, lock
+if window == "cleanup":
+    os.unlink = unlink
+sys.exit(cli.main(argv))
+"""
+
+
+@pytest.mark.parametrize("case", ["created-convert", "created-ova", "created-ovf",
+                                  "spool-stream", "commit-ovf", "cleanup-ovf"])
+def test_signal_inside_a_cleanup_window_leaves_nothing(tmp_path, case):
+    window, _, form = case.partition("-")
+    raws = [disk(tmp_path / "a.raw"), disk(tmp_path / "b.raw", seed=2)]
+    out_dir, spool = tmp_path / "out", tmp_path / "spool"
+    out_dir.mkdir()
+    spool.mkdir()
+    if form == "convert":
+        argv = ["convert", raws[0], "-o", out_dir / "t.vmdk"]
+    elif form == "stream":
+        argv = ["pack", raws[0], "-o", "-", "--spool-dir", spool]
+    else:
+        argv = ["pack", *raws, "-o", out_dir / ("t." + form)]
+    with open(out_dir / "stream.ova" if form == "stream" else os.devnull, "wb") as stdout:
+        proc = subprocess.run([sys.executable, "-c", _DRIVER, window,
+                               *[os.fspath(a) for a in argv], "--quiet", "--parallel", "1"],
+                              stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=30)
+    left = listing(out_dir)
+    if form == "stream":
+        assert left == ["stream.ova"] and (out_dir / "stream.ova").stat().st_size == 0
+        left = listing(spool)
+    assert left == [], proc.stderr
+    if window == "cleanup":  # the Ctrl-C waited until every temporary was gone
+        assert proc.returncode == 130 and "interrupted" in proc.stderr, proc.stderr
+    else:
+        assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+        assert "terminated (SIGTERM)" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_nohup_keeps_sighup_ignored(tmp_path):

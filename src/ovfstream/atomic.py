@@ -33,16 +33,20 @@ import os
 import secrets
 import signal
 import stat
-from typing import BinaryIO, Iterator
+import threading
+from typing import Any, BinaryIO, Callable, Iterator
 
 from .errors import UsageError
 
 __all__ = ["atomic_output", "AtomicFiles", "DirectFile", "output_kind", "node_kind",
-           "TEMP_SUFFIX"]
+           "TEMP_SUFFIX", "signals_held", "held_until_released"]
 
 TEMP_SUFFIX = ".partial"
 _NAME_MAX = 255  # bytes in one path component (Linux, and most file systems)
 _HOLD = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+Handler = Callable[[int, Any], object]
+_holds = 0                                  # signals_held() blocks open on the main thread
+_deferred: list[tuple[Handler, int]] = []   # (handler, signal) that arrived inside them
 
 
 def node_kind(mode: int) -> str:
@@ -377,18 +381,61 @@ class _Entry:
         self.final, self.temp, self.f = final, temp, f
 
 
+def held_until_released(handler: Handler) -> Handler:
+    """``handler`` for signal.signal, made to wait while a :func:`signals_held` block runs
+    (it then runs as the block ends).  The thread mask alone cannot hold a signal: the
+    kernel hands it to any thread that has it unblocked (a worker, a progress bar), and
+    Python then runs the handler on the main thread wherever that is."""
+    def held(signum: int, frame: Any) -> object:
+        if _holds:
+            _deferred.append((handler, signum))
+            return None
+        return handler(signum, frame)
+    return held
+
+
 @contextlib.contextmanager
-def _signals_held() -> Iterator[None]:
-    """SIGINT/SIGTERM/SIGHUP wait until the renames are done (then act as usual)."""
+def signals_held() -> Iterator[None]:
+    """SIGINT/SIGTERM/SIGHUP wait until the block is done (then act as usual): a temporary
+    is created and registered for removal as one step, a cleanup or the renames run whole.
+    Handlers wrapped by :func:`held_until_released` wait on the main thread; the thread
+    mask holds the rest (a default action that would kill the process mid-rename)."""
+    global _holds
+    main = threading.current_thread() is threading.main_thread()
     try:
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _HOLD)
     except (AttributeError, OSError, ValueError):  # pragma: no cover - not POSIX
-        yield
-        return
+        old = None
+    if main:
+        _holds += 1
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if old is not None:  # a signal pending in the kernel reaches its handler: deferred
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        if main:
+            _holds -= 1
+            # (no call between the count and the clearing: a handler cannot run in between)
+            if not _holds and _deferred:
+                handler, signum = _deferred[0]
+                del _deferred[:]
+                handler(signum, None)  # Terminated / KeyboardInterrupt, now
+
+
+def _act_on_held_signal() -> None:
+    """Inside signals_held(), before a point of no return: a signal that has arrived acts
+    now (its handler raises) rather than after the step it would have stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    with contextlib.suppress(AttributeError, OSError, ValueError):  # not POSIX
+        for signum in signal.sigpending() & _HOLD:   # blocked in this thread: take it
+            handler = signal.getsignal(signum)
+            if signal.sigtimedwait([signum], 0) is not None and callable(handler):
+                handler(signum, None)  # a held_until_released handler queues it
+    if _deferred:
+        handler, signum = _deferred[0]
+        del _deferred[:]
+        handler(signum, None)
 
 
 class AtomicFiles:
@@ -410,18 +457,19 @@ class AtomicFiles:
     def open(self, path: str | os.PathLike[str]) -> BinaryIO:
         """A new temporary for ``path`` (or a discarding sink for /dev/null)."""
         final = os.fspath(path)
-        if output_kind(final) == "null":
-            entry = _Entry(final, None, _Discard())  # type: ignore[arg-type]
-        else:
-            temp, fd = _create_temp(final)
-            try:
-                f = _open_output(fd, self._direct)
-            except BaseException:
-                os.close(fd)
-                os.unlink(temp)
-                raise
-            entry = _Entry(final, temp, f)
-        self._entries.append(entry)
+        with signals_held():  # a signal between the creation and the append would leak it
+            if output_kind(final) == "null":
+                entry = _Entry(final, None, _Discard())  # type: ignore[arg-type]
+            else:
+                temp, fd = _create_temp(final)
+                try:
+                    f = _open_output(fd, self._direct)
+                except BaseException:
+                    os.close(fd)
+                    os.unlink(temp)
+                    raise
+                entry = _Entry(final, temp, f)
+            self._entries.append(entry)
         return entry.f
 
     def remove_stale(self, path: str | os.PathLike[str]) -> None:
@@ -442,10 +490,11 @@ class AtomicFiles:
             self.close(entry.f)
         folders = sorted({os.path.dirname(os.path.abspath(e.final))
                           for e in self._entries if e.temp is not None})
-        with _signals_held(), contextlib.ExitStack() as locks:
+        with signals_held(), contextlib.ExitStack() as locks:
             if len(self._entries) > 1:
                 for folder in folders:
                     locks.enter_context(_folder_lock(folder))
+            _act_on_held_signal()  # arrived before the first rename: nothing goes in place
             for stale in self._stale:
                 if output_kind(stale) == "file":
                     with contextlib.suppress(FileNotFoundError):
@@ -462,17 +511,18 @@ class AtomicFiles:
                 _fsync_dir(folder)
 
     def abort(self) -> None:
-        # The temporaries go before their files are closed: a close that fails in a way
-        # other than OSError (a run interrupted inside a write) must not leave one behind.
-        for entry in self._entries:
-            if entry.temp is not None:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.temp)
-                entry.temp = None
-        self._done = True
-        for entry in self._entries:
-            with contextlib.suppress(OSError):
-                entry.f.close()
+        with signals_held():  # a second signal waits until every temporary is gone
+            # The temporaries go before their files are closed: a close that fails in a way
+            # other than OSError must not leave one behind.
+            for entry in self._entries:
+                if entry.temp is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry.temp)
+                    entry.temp = None
+            self._done = True
+            for entry in self._entries:
+                with contextlib.suppress(OSError):
+                    entry.f.close()
 
     def current_temp(self) -> str | None:
         """The temporary being written (the last one opened and not closed), for messages."""

@@ -566,7 +566,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _terminate_on_signals() -> Iterator[None]:
     """SIGTERM and SIGHUP unwind like Ctrl-C (every temporary and spool file removed); a
     second one during that cleanup is ignored.  Only from the main thread; a signal that
-    was ignored when we started (``nohup``) stays ignored."""
+    was ignored when we started (``nohup``) stays ignored.  All three wait while a
+    temporary is being created and registered, removed, or renamed (atomic.signals_held)."""
+    from .atomic import held_until_released
     from .outputs import Terminated
 
     def handler(signum: int, frame: object) -> None:
@@ -577,9 +579,11 @@ def _terminate_on_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    wanted = [getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)]
-    old = {signum: signal.signal(signum, handler) for signum in wanted
-           if signal.getsignal(signum) is not signal.SIG_IGN}
+    wanted = {getattr(signal, n): handler for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # Ctrl-C: as before
+        wanted[signal.SIGINT] = signal.default_int_handler
+    old = {signum: signal.signal(signum, held_until_released(act))
+           for signum, act in wanted.items() if signal.getsignal(signum) is not signal.SIG_IGN}
     try:
         yield
     finally:

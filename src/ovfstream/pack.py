@@ -19,7 +19,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Sequence
 
-from .atomic import AtomicFiles, atomic_output, output_kind
+from .atomic import AtomicFiles, atomic_output, output_kind, signals_held
 from .cache import SpanCache, open_cache
 from .cert import SigningKey, load_signing_key
 from .engine import get_engine
@@ -256,12 +256,13 @@ def package_writer(out: Output, front: Front, *, mtime: int, fsync: bool,
             yield SeekableOvaWriter(f, front=front.members(), mtime=mtime,
                                     algorithm=front.digest)
     elif out.stream is not None:
-        streamer = StreamingOvaWriter(out.stream, mtime=mtime, algorithm=front.digest,
-                                      spool_dir=os.fspath(spool_dir) if spool_dir else None)
-        try:
+        with contextlib.ExitStack() as cleanup:
+            with signals_held():  # the spool folder exists only with its removal registered
+                streamer = StreamingOvaWriter(out.stream, mtime=mtime, algorithm=front.digest,
+                                              spool_dir=os.fspath(spool_dir) if spool_dir
+                                              else None)
+                cleanup.callback(streamer.close)
             yield streamer
-        finally:
-            streamer.close()
     else:
         with AtomicFiles(fsync=fsync, direct=True) as group:
             # An unsigned re-pack removes an earlier signed pack's certificate: it would not

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import BinaryIO, Callable
 
-from ..atomic import AtomicFiles
+from ..atomic import AtomicFiles, signals_held
 
 from ..manifest import DIGESTS
 from . import tar
@@ -199,7 +199,8 @@ class StreamingOvaWriter:
         self._out.flush()
 
     def close(self) -> None:
-        shutil.rmtree(self._dir, ignore_errors=True)
+        with signals_held():  # a second signal waits until the spool folder is gone
+            shutil.rmtree(self._dir, ignore_errors=True)
 
 
 class FolderWriter:
