@@ -43,6 +43,8 @@ class SourceChangedError(FormatError):
 Extent = tuple[int, int]  # [start, end) in bytes of the virtual disk
 ZEROS = bytes(SPAN_BYTES)  # calloc'ed: copying from it touches no private pages
 _ZEROS_VIEW = memoryview(ZEROS)  # sliced without a copy (slicing ZEROS itself copies)
+# Where the sample key looks in each span: four grains spread over it.
+_SAMPLE_OFFSETS = (0, SPAN_BYTES // 4, SPAN_BYTES // 2, 3 * SPAN_BYTES // 4)
 
 
 class OpenFile:
@@ -107,7 +109,7 @@ def fill_zeros(view: memoryview) -> None:
     """Fill ``view`` (of any length) with zeros, 32 MiB at a time."""
     for start in range(0, len(view), SPAN_BYTES):
         piece = view[start:start + SPAN_BYTES]
-        piece[:] = ZEROS[:len(piece)]
+        piece[:] = _ZEROS_VIEW[:len(piece)]
 
 
 def plan_spans(extents: Iterable[Extent], n_grains: int) -> list[SpanPlan]:
@@ -214,21 +216,32 @@ class DiskSource:
 
         The VMDK descriptor sits at the head of the stream and the OVA digests every byte as
         it is written, so its CID/uuid cannot wait for the full content id.  This key covers
-        the settings, the exact size, the data-extent map and the first 64 KiB of data in
-        every 32 MiB span that holds data (1/512 of the data at most): the same image and
-        settings always give the same key, and real images that differ almost always differ
-        in it (file-system superblocks and metadata live in those grains).  The format is not
-        part of it: a disk read from a qcow2 gets the key of the same disk read from raw when
-        its data extents agree.
+        the settings, the exact size and, in every 32 MiB span that may hold data, the grains
+        at four fixed offsets (0, 8, 16 and 24 MiB into the span; 1/128 of the data at most)
+        that are not all zeros, with their positions: real images that differ almost always
+        differ there (file-system superblocks, group descriptors and metadata).
+
+        It is a function of the disk's content alone, never of where the source found data:
+        ext4 reports an unwritten extent as data while its zero pages sit in the page cache
+        and as a hole once they are evicted, so a key over the extent map (as before) gave the
+        same disk other IDs, and other bytes, depending on the cache.  A sampled grain inside
+        a hole reads as zeros and counts like one that was read: the same disk read from raw,
+        qcow2, VMDK or VHD gets the same key.
         """
         hasher = xxhash.xxh3_128()
         hasher.update(repr(sorted(settings.items())).encode())
         hasher.update(struct.pack("<Q", self.size_bytes))
-        for start, end in self.extents:
-            hasher.update(struct.pack("<QQ", start, end))
         for plan in self.spans():
-            start = plan.index * SPAN_BYTES + plan.extents[0][0]
-            hasher.update(self.read_at(start, min(GRAIN_BYTES, self.size_bytes - start)))
+            base = plan.index * SPAN_BYTES
+            for offset in _SAMPLE_OFFSETS:
+                start = base + offset
+                length = min(GRAIN_BYTES, self.size_bytes - start)
+                if length <= 0:
+                    break
+                grain = self.read_at(start, length)
+                if grain != _ZEROS_VIEW[:length]:
+                    hasher.update(struct.pack("<QI", start, length))
+                    hasher.update(grain)
         return hasher.digest()
 
     def stop(self) -> None:

@@ -37,7 +37,7 @@ import zstandard
 
 from ..errors import FormatError, UnsupportedError, UsageError
 from ..vmdk.layout import SPAN_BYTES
-from .base import ZEROS, DiskSource, Extent, OpenFile
+from .base import DiskSource, Extent, OpenFile, fill_zeros
 
 __all__ = ["Qcow2Source", "RULES", "MAX_CHAIN_DEPTH"]
 
@@ -487,7 +487,7 @@ class Qcow2Source(DiskSource):
                     run_len = 0
                     part = view[a - offset:b - offset]
                     if kind == ZERO:
-                        part[:] = ZEROS[:b - a]
+                        fill_zeros(part)
                     elif kind == HOLE:
                         self._hole(a, part)
                     else:
@@ -503,9 +503,9 @@ class Qcow2Source(DiskSource):
             take = min(n, self.backing.size_bytes - offset)
             self.backing.read_into(offset, view[:take])
             if take < n:
-                view[take:] = ZEROS[:n - take]
+                fill_zeros(view[take:])
         else:
-            view[:] = ZEROS[:n]
+            fill_zeros(view)
 
     def _inflate(self, entry: int) -> bytes:
         """The compressed cluster an L2 ``entry`` describes (checked by _pieces), inflated:
