@@ -168,17 +168,8 @@ class DiskSource:
 
     def read_span(self, plan: SpanPlan, buf: bytearray) -> memoryview:
         """Fill ``buf`` with the span's bytes (outside the extents, zeros)."""
-        n_bytes = plan.n_grains * GRAIN_BYTES
-        view = memoryview(buf)[:n_bytes]
-        base = plan.index * SPAN_BYTES
-        filled = 0
-        for start, end in plan.extents:
-            if start > filled:
-                view[filled:start] = _ZEROS_VIEW[:start - filled]
-            self._read_extent(base + start, view[start:end])
-            filled = end
-        if filled < n_bytes:
-            view[filled:n_bytes] = _ZEROS_VIEW[:n_bytes - filled]
+        view = memoryview(buf)[:plan.n_grains * GRAIN_BYTES]
+        self.read_into(plan.index * SPAN_BYTES, view)
         return view
 
     def _read_extent(self, offset: int, view: memoryview) -> None:
