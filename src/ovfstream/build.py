@@ -216,7 +216,7 @@ def pack_many(jobs: str | os.PathLike[str] | Sequence[Job], *,
               executor: Executor | None = None, cache: SpanCache | str | os.PathLike[str] | None
               = None, cache_max: int | None = None, parallel: int | None = None,
               engine: str = "isal", level: int | None = None, input_format: str = "auto",
-              size: int | None = None, fsync: bool = True,
+              size: int | None = None, fsync: bool = True, recompress: bool = False,
               on_done: Callable[[JobOutcome], None] | None = None,
               progress: Callable[[str, int, int], None] | None = None) -> BuildResult:
     """Pack every job (a jobs file, or Job values); one failing job does not stop the others.
@@ -233,7 +233,7 @@ def pack_many(jobs: str | os.PathLike[str] | Sequence[Job], *,
     span_cache = open_cache(cache, cache_max)
     settings: dict[str, Any] = {"parallel": parallel, "engine": engine, "level": level,
                                 "input_format": input_format, "size": size, "fsync": fsync,
-                                "cache": span_cache}
+                                "cache": span_cache, "recompress": recompress}
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     if epoch is not None:  # this process's, not the workers' environment, as a local pack
         if not epoch.isdigit():

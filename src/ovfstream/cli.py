@@ -78,6 +78,12 @@ def _cache_options(p: argparse.ArgumentParser) -> None:
                         "the folder holds at most SIZE (e.g. 20G)")
 
 
+def _recompress_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recompress", action="store_true",
+                   help="compress every grain with the engine; by default a zlib qcow2's "
+                        "compressed 64 KiB clusters are copied into the VMDK as they are")
+
+
 def _executor_option(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--executor", default="local", metavar="local|dask://HOST:PORT",
                    help="local (default) or a Dask scheduler whose workers " + what +
@@ -105,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=("lsilogic", "buslogic", "ide", "legacyESX"),
                    help="ddb.adapterType in the VMDK descriptor (default lsilogic)")
     _cache_options(p)
+    _recompress_option(p)
     _common(p)
 
     p = sub.add_parser("pack", help="raw disks + VM description -> OVA, OVA stream or OVF folder")
@@ -143,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sign-cert", metavar="CERT.pem", help="signer certificate (+ chain)")
     p.add_argument("--spool-dir", help="where -o - keeps compressed disks until they stream")
     _cache_options(p)
+    _recompress_option(p)
     _executor_option(p, "read and encode the disks' spans")
     _common(p)
 
@@ -261,7 +269,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         result = convert(args.source, args.output, parallel=args.parallel, engine=args.engine,
                          level=args.level, adapter_type=args.adapter_type, progress=report,
                          input_format=args.input_format, size=args.size,
-                         **_cache_args(args))
+                         recompress=args.recompress, **_cache_args(args))
     if args.json:
         _emit_json(result.as_dict())
     elif not args.quiet:
@@ -332,7 +340,8 @@ def _cmd_pack(args: argparse.Namespace) -> int:
                       digest=args.digest, parallel=args.parallel, engine=args.engine,
                       level=args.level, signer=signer, spool_dir=args.spool_dir, progress=bars,
                       inputs=also_read, input_format=args.input_format, target=target,
-                      size=args.size, executor=executor, **_cache_args(args))
+                      size=args.size, executor=executor, recompress=args.recompress,
+                      **_cache_args(args))
     if args.json:
         doc = result.as_dict()
         if args.output == "-":  # stdout carries the OVA: the JSON goes to stderr

@@ -36,7 +36,7 @@ def convert(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
             progress: Callable[[int, int], None] | None = None,
             input_format: str = "auto", size: int | None = None,
             cache: SpanCache | str | os.PathLike[str] | None = None,
-            cache_max: int | None = None) -> ConvertResult:
+            cache_max: int | None = None, recompress: bool = False) -> ConvertResult:
     """Convert a disk image (raw file or block device, qcow2...) into a stream-optimized VMDK.
 
     ``input_format="auto"`` reads the formats sources/ has a reader for and refuses any other
@@ -50,6 +50,9 @@ def convert(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
 
     ``cache``: a span cache folder (or SpanCache): spans it holds are not compressed again,
     with the same output bytes; ``cache_max`` caps it after the run (cache.py).
+
+    A zlib qcow2's compressed clusters of 64 KiB are copied into the VMDK's grains as they
+    are (vmdk/copied.py); ``recompress`` sends every grain through the engine instead.
     """
     workers = check_workers(parallel)
     eng = get_engine(engine, level)
@@ -67,7 +70,8 @@ def convert(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
         with atomic_output(out, fsync=fsync, direct=True) as f:
             stats = write_stream_vmdk(src, f.write, file_name=name, engine=eng,
                                       workers=workers, adapter_type=adapter_type,
-                                      progress=progress, cache=span_cache)
+                                      progress=progress, cache=span_cache,
+                                      recompress=recompress)
             src.check_unchanged()
     if span_cache is not None and span_cache.max_bytes is not None:
         span_cache.prune()

@@ -96,6 +96,7 @@ class SpanTask:
     level: int
     engine_version: str
     cache_root: str | None
+    recompress: bool = False  # copy a qcow2's compressed grains unless set (vmdk/copied.py)
 
 
 _local = threading.local()
@@ -109,12 +110,14 @@ def _take_buffer() -> bytearray:
     return buf
 
 
-def encode_remote_span(task: SpanTask, plan: SpanPlan) -> tuple[bytes, bytes, bytes, int, bool]:
-    """On a worker: (framed bytes, gt_rel, prints, payload, cache hit) of one span."""
+def encode_remote_span(task: SpanTask, plan: SpanPlan
+                       ) -> tuple[bytes, bytes, bytes, int, bool, int]:
+    """On a worker: (framed bytes, gt_rel, prints, payload, cache hit, grains copied) of one
+    span."""
     from .cache import SpanCache
     from .engine import get_engine
     from .sources import open_source
-    from .vmdk.writer import encode_span
+    from .vmdk.writer import encode_plan
     engine = get_engine(task.engine, task.level)
     if engine.version != task.engine_version:
         raise UnsupportedError("worker %s: engine %s is %r, the client's is %r: its bytes could "
@@ -132,48 +135,43 @@ def encode_remote_span(task: SpanTask, plan: SpanPlan) -> tuple[bytes, bytes, by
         buf = getattr(_local, "raw", None)
         if buf is None:
             buf = _local.raw = bytearray(L.SPAN_BYTES)
-        view = source.read_span(plan, buf)
-        first_lba = plan.index * L.SPAN_GRAINS * L.GRAIN_SECTORS
-
-        def compress(v: memoryview, lba: int, n: int) -> tuple[Any, int, bytes, bytes, int]:
-            return encode_span(engine, _local, _take_buffer, v, lba, n)
-        session = None
-        if task.cache_root is not None:
-            session = SpanCache(task.cache_root).session(engine)
-            out, n, gt_rel, prints, payload = session.encode(view, first_lba, plan.n_grains,
-                                                             compress)
-        else:
-            out, n, gt_rel, prints, payload = compress(view, first_lba, plan.n_grains)
+        session = (SpanCache(task.cache_root).session(engine)
+                   if task.cache_root is not None else None)
+        out, n, gt_rel, prints, payload, copied = encode_plan(
+            source, plan, buf, engine, _local, _take_buffer, session=session,
+            recompress=task.recompress)
         with memoryview(out) as used:  # type: ignore[arg-type]
             framed = bytes(used[:n])
         source.check_unchanged()
-    return framed, gt_rel, prints, payload, bool(session is not None and session.hits)
+    return (framed, gt_rel, prints, payload, bool(session is not None and session.hits),
+            copied)
 
 
 def remote_spans(executor: Executor, *, path: str, input_format: str,
                  cache_root: str | None, window: int = DEFAULT_WINDOW,
-                 hits: list[int] | None = None) -> Any:
+                 hits: list[int] | None = None, recompress: bool = False) -> Any:
     """A ``remote`` for write_stream_vmdk: the spans of the disk at ``path`` encoded by
     ``executor``'s workers, yielded in order, at most ``window`` in flight."""
     if window < 1:
         raise UsageError("window %d: allowed 1 or more spans in flight" % window)
 
     def run(source: DiskSource, engine: Any) -> Iterator[tuple[SpanPlan, bytes, int, bytes,
-                                                               bytes, int]]:
+                                                               bytes, int, int]]:
         if source.sequential or path == "-":
             raise UsageError("%s: --executor needs a disk the workers can read at any offset "
                              "(this %s input is read in order)" % (path, source.format))
         top = source.files[0].stat
         task = SpanTask(os.path.abspath(path), input_format, source.size_bytes, top.st_size,
-                        top.st_mtime_ns, engine.name, engine.level, engine.version, cache_root)
+                        top.st_mtime_ns, engine.name, engine.level, engine.version, cache_root,
+                        recompress)
         pending: collections.deque[tuple[SpanPlan, Future[Any]]] = collections.deque()
         plans = iter(source.spans())
         lost = worker_failures()
 
         def result(plan: SpanPlan, future: Future[Any]) -> tuple[SpanPlan, bytes, int, bytes,
-                                                                 bytes, int]:
+                                                                 bytes, int, int]:
             try:
-                framed, gt_rel, prints, payload, hit = future.result()
+                framed, gt_rel, prints, payload, hit, copied = future.result()
             except lost as exc:
                 raise WorkerLostError("%s: span %d (bytes %d..%d): the worker was lost and the "
                                       "executor gave up (%s: %s); nothing was written"
@@ -182,7 +180,7 @@ def remote_spans(executor: Executor, *, path: str, input_format: str,
                                          type(exc).__name__, exc)) from None
             if hits is not None and hit:
                 hits[0] += 1
-            return plan, framed, len(framed), gt_rel, prints, payload
+            return plan, framed, len(framed), gt_rel, prints, payload, copied
 
         try:
             for plan in plans:

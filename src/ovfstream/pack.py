@@ -280,7 +280,7 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
          inputs: Sequence[PathLike] = (), input_format: str = "auto",
          size: int | None = None,
          cache: SpanCache | PathLike | None = None, cache_max: int | None = None,
-         executor: Executor | None = None) -> PackResult:
+         executor: Executor | None = None, recompress: bool = False) -> PackResult:
     """Pack raw ``disks`` (boot disk first) into an OVA, an OVA stream or an OVF folder.
 
     ``output``: ``NAME.ova`` (written under a fresh temporary name beside it, renamed on
@@ -309,6 +309,8 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
     bytes are the same (cache.py).  ``cache_max`` caps the folder after the pack (LRU).
     ``executor`` (any concurrent.futures.Executor, e.g. a Dask client's): its workers read
     and encode the spans from the disks' paths, which they must see (farm.py); same bytes.
+    A zlib qcow2's compressed clusters of 64 KiB are copied into the VMDK's grains as they
+    are (vmdk/copied.py); ``recompress`` sends every grain through the engine instead.
     """
     started = time.perf_counter()
     if not disks:
@@ -353,12 +355,14 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
                 report = None if progress is None else progress_of(progress, name)
                 remote = None if executor is None else remote_spans(
                     executor, path=os.fspath(disks[i]), input_format=input_format,
-                    cache_root=span_cache.root if span_cache is not None else None)
+                    cache_root=span_cache.root if span_cache is not None else None,
+                    recompress=recompress)
                 with writer.member(name) as sink:
                     stats.append(write_stream_vmdk(
                         src, sink.write, file_name=name, engine=eng, workers=workers,
                         adapter_type=adapter_for(vm.slot_for(i)), progress=report,
-                        cache=span_cache if executor is None else None, remote=remote))
+                        cache=span_cache if executor is None else None, remote=remote,
+                        recompress=recompress))
                     src.check_unchanged()  # before anything is renamed into place or streamed
                 disk_files.append(PackedFile(name, sink.size, sink.hexdigest()))
             descriptor = render_descriptor(

@@ -15,6 +15,13 @@ grow the list) and read again per span through a small cache; a hole or a zero c
 never read, each allocated byte is read once, compressed clusters are inflated in the worker
 threads that read them (libdeflate and zstd release the GIL).
 
+Copying compressed clusters: a 64 KiB deflate cluster is a VMDK grain's deflate stream as it
+is.  ``read_span_deflate`` reads a span as ``read_span`` does and also hands back, for each
+grain that is one such cluster of this file, the cluster's raw deflate bytes up to the end of
+the stream (found while inflating it: ISA-L reports where the stream ended, libdeflate does
+not), so that the VMDK writer frames them instead of compressing the grain again
+(vmdk/copied.py).
+
 Backing chains: the backing file (relative names against the overlay's folder) opens through
 ``open_source`` with the format the header extension names (by content when none), to a
 bounded depth; a loop or a missing link is a ``qcow2.backing`` error naming both files.
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import contextvars
 import heapq
+import mmap
 import os
 import struct
 import sys
@@ -34,10 +42,11 @@ from typing import Iterable, Iterator
 
 import deflate
 import zstandard
+from isal import isal_zlib
 
 from ..errors import FormatError, UnsupportedError, UsageError
-from ..vmdk.layout import SPAN_BYTES
-from .base import DiskSource, Extent, OpenFile, fill_zeros
+from ..vmdk.layout import GRAIN_BYTES, MAX_GRAIN_PAYLOAD, SPAN_BYTES
+from .base import DiskSource, Extent, OpenFile, SpanPlan, fill_zeros
 
 __all__ = ["Qcow2Source", "RULES", "MAX_CHAIN_DEPTH"]
 
@@ -77,6 +86,9 @@ SUBCLUSTERS = 32
 # What a guest (sub)cluster is: read through to the backing file (or zeros), zeros, a host
 # cluster, a compressed cluster.
 HOLE, ZERO, DATA, PACKED = range(4)
+# A copied stream becomes a grain of 2 zlib header bytes, the stream and a 4-byte Adler-32;
+# a longer stream (a hostile or odd encoder's) is recompressed instead.
+MAX_COPIED_STREAM = MAX_GRAIN_PAYLOAD - 6
 EXTENTS_PER_SPAN = 8          # beyond this, a span's extents collapse into one (reads stay exact)
 L2_CACHE_BYTES = 8 << 20
 
@@ -99,6 +111,9 @@ class Qcow2Source(DiskSource):
         self.backing: DiskSource | None = None
         self._cache: OrderedDict[int, array] = OrderedDict()
         self._lock = threading.Lock()
+        # Per thread, while read_span_deflate runs: guest offset -> the deflate stream of a
+        # whole compressed cluster read there.
+        self._streams = threading.local()
         key = (self._file.stat.st_dev, self._file.stat.st_ino)
         chain = _OPENING.get()
         token = _OPENING.set(chain + ((key, self.path),))
@@ -170,6 +185,8 @@ class Qcow2Source(DiskSource):
             raise self._error("qcow2.header", "extended L2 entries need clusters of 16 KiB or "
                               "more (cluster_bits %d)" % cluster_bits, 20)
         self.compression = compression
+        # Whether read_span_deflate can find grains to copy: deflate clusters of one grain.
+        self.copies_deflate = compression == COMPRESSION_DEFLATE and cs == GRAIN_BYTES
         if size == 0:
             raise UsageError("%s: the qcow2 image's virtual size is 0; a disk needs a capacity"
                              % self.path)
@@ -491,7 +508,13 @@ class Qcow2Source(DiskSource):
                     elif kind == HOLE:
                         self._hole(a, part)
                     else:
-                        cluster = self._inflate(where)
+                        streams = getattr(self._streams, "found", None)
+                        if streams is not None and a == cstart and b == cstart + cs:
+                            cluster, stream = self._inflate_stream(where)
+                            if len(stream) <= MAX_COPIED_STREAM:
+                                streams[a] = stream
+                        else:
+                            cluster = self._inflate(where)
                         part[:] = cluster[a - cstart:b - cstart]
                 pos = min(stop, cstart + cs)
         flush()
@@ -507,16 +530,56 @@ class Qcow2Source(DiskSource):
         else:
             fill_zeros(view)
 
-    def _inflate(self, entry: int) -> bytes:
-        """The compressed cluster an L2 ``entry`` describes (checked by _pieces), inflated:
-        exactly one cluster or an error.  Its sector count bounds the read: the sectors after
-        the one holding the offset, clipped at the end of the file (the last one may end
-        early)."""
-        cs = self.cluster_size
+    def read_span_deflate(self, plan: SpanPlan, buf: bytearray | mmap.mmap
+                          ) -> tuple[memoryview, dict[int, memoryview]]:
+        """``read_span`` and the raw deflate stream of each grain of the span that is one
+        compressed cluster of this file (a dict: grain index in the span -> stream), each
+        checked to inflate to exactly the grain's bytes in the view.  Only when
+        ``copies_deflate``."""
+        self._streams.found = found = {}
+        try:
+            view = self.read_span(plan, buf)
+        finally:
+            self._streams.found = None
+        base = plan.index * SPAN_BYTES
+        return view, {(offset - base) // GRAIN_BYTES: stream
+                      for offset, stream in found.items()}
+
+    def _compressed(self, entry: int) -> tuple[int, bytes]:
+        """(host offset, bytes) of the compressed cluster an L2 ``entry`` describes (checked
+        by _pieces).  Its sector count bounds the read: the sectors after the one holding the
+        offset, clipped at the end of the file (the last one may end early)."""
         coffset = entry & ((1 << self._coffset_bits) - 1)
         sectors = (entry >> self._coffset_bits & self._csectors_mask) + 1
         limit = min(sectors * 512 - coffset % 512, self._file.size - coffset)
-        data = self._file.pread(limit, coffset)
+        return coffset, self._file.pread(limit, coffset)
+
+    def _inflate_stream(self, entry: int) -> tuple[bytes, memoryview]:
+        """A deflate cluster inflated (exactly one cluster or an error) and its stream: the
+        bytes up to the stream's end, which must lie inside its sectors."""
+        cs = self.cluster_size
+        coffset, data = self._compressed(entry)
+        inflater = isal_zlib.decompressobj(-15)  # raw deflate; qemu writes 4 KiB windows
+        try:
+            out = inflater.decompress(data, cs + 1)
+        except isal_zlib.error as exc:
+            raise self._error("qcow2.compressed", "compressed cluster does not inflate to one "
+                              "cluster of %d bytes (%s)" % (cs, exc), coffset) from None
+        if len(out) != cs:
+            raise self._error("qcow2.compressed", "compressed cluster inflates to %s bytes, "
+                              "not one cluster of %d" % ("more than %d" % cs if len(out) > cs
+                                                         else len(out), cs), coffset)
+        if not inflater.eof:
+            raise self._error("qcow2.compressed", "compressed cluster's deflate stream does "
+                              "not end inside its %d bytes (truncated, or it runs past its "
+                              "sector count)" % len(data), coffset)
+        return out, memoryview(data)[:len(data) - len(inflater.unused_data)]
+
+    def _inflate(self, entry: int) -> bytes:
+        """The compressed cluster an L2 ``entry`` describes (checked by _pieces), inflated:
+        exactly one cluster or an error."""
+        cs = self.cluster_size
+        coffset, data = self._compressed(entry)
         try:
             if self.compression == COMPRESSION_ZSTD:
                 reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False)

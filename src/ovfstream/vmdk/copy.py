@@ -16,7 +16,6 @@ and descriptor text, so the output is still a function of the input only.
 from __future__ import annotations
 
 import re
-import struct
 import time
 from array import array
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ __all__ = ["CopyStats", "is_zlib_head", "zlib_grains", "carried_ids", "copy_stre
 
 Write = Callable[[bytes | bytearray | memoryview], object]
 
-_GRAIN_HEAD = struct.Struct("<QI")          # grain marker: LBA, payload bytes
+_GRAIN_HEAD = L.GRAIN_MARKER                 # grain marker: LBA, payload bytes
 _CID_RE = re.compile(r"[0-9a-fA-F]{8}\Z")
 _LONG_ID_RE = re.compile(r"[0-9a-fA-F]{32}\Z")
 _UUID_RE = re.compile(r"(?:[0-9a-fA-F]{2} ){7}[0-9a-fA-F]{2}-(?:[0-9a-fA-F]{2} ){7}[0-9a-fA-F]{2}\Z")
@@ -201,9 +200,7 @@ def copy_stream_vmdk(reader: VmdkReader, write: Write, *, file_name: str, adapte
             span, framed = s, bytearray()
             gt = array("I", bytes(4 * L.GTES_PER_GT))
         gt[i] = len(framed) // L.SECTOR + 1
-        framed += _GRAIN_HEAD.pack(lba, len(payload))
-        framed += payload
-        framed += bytes(-len(framed) % L.SECTOR)
+        L.frame_grain(framed, len(framed), lba, (payload,))
         grains += 1
         payload_total += len(payload)
     if framed:

@@ -123,6 +123,25 @@ def metadata_marker(kind: int, sectors_following: int) -> bytes:
 EOS_SECTOR = metadata_marker(MARKER_EOS, 0)
 
 
+GRAIN_MARKER = struct.Struct("<QI")  # a grain's marker: LBA, compressed bytes that follow
+
+
+def frame_grain(out: bytearray | memoryview, pos: int, lba: int,
+                payload: tuple[bytes | bytearray | memoryview, ...]) -> int:
+    """Write a grain at ``pos`` of ``out``: marker, the ``payload`` pieces (one zlib stream),
+    zeros to the sector's end; return where the next grain starts.  A bytearray grows when
+    ``pos`` is its end; a fixed buffer must have the room."""
+    size = sum(len(piece) for piece in payload)
+    end = pos + sectors_for(GRAIN_MARKER.size + size) * SECTOR
+    at = pos + GRAIN_MARKER.size
+    out[pos:at] = GRAIN_MARKER.pack(lba, size)
+    for piece in payload:
+        out[at:at + len(piece)] = piece
+        at += len(piece)
+    out[at:end] = bytes(end - at)
+    return end
+
+
 def sectors_for(n_bytes: int) -> int:
     """Whole sectors needed to hold n_bytes."""
     return (n_bytes + SECTOR - 1) // SECTOR

@@ -26,17 +26,22 @@ from ..pipeline import ordered_map
 from ..sources.base import DiskSource, SpanPlan
 from . import layout as L
 from .contentid import ContentId
+from .copied import encode_copied_span
 from .descriptor import render_descriptor
 
 if TYPE_CHECKING:
-    from ..cache import SpanCache
+    from ..cache import CacheSession, SpanCache
 
-__all__ = ["StreamVmdkWriter", "DiskStats", "write_stream_vmdk", "encode_span", "NATIVE"]
+__all__ = ["StreamVmdkWriter", "DiskStats", "write_stream_vmdk", "encode_span", "encode_plan",
+           "NATIVE"]
 
 Write = Callable[[bytes | bytearray | memoryview], object]
-# (source, engine) -> (plan, framed, bytes used, gt_rel, prints, payload) per span, in order
+# (source, engine) -> (plan, framed, bytes used, gt_rel, prints, payload, grains copied) per
+# span, in order
 RemoteSpans = Callable[[DiskSource, Engine],
-                       Iterator[tuple[SpanPlan, bytes, int, bytes, bytes, int]]]
+                       Iterator[tuple[SpanPlan, bytes, int, bytes, bytes, int, int]]]
+# (framed buffer, bytes of it used, gt_rel, prints, payload, grains copied): one span encoded
+Encoded = tuple[Any, int, bytes, bytes, int, int]
 
 
 class StreamVmdkWriter:
@@ -118,6 +123,7 @@ class DiskStats:
     engine: dict[str, object] = field(default_factory=dict)
     last_grain_written: bool = False  # the disk's last grain holds data
     cache: dict[str, object] | None = None  # span cache use (cache.py), when one was given
+    grains_copied: int = 0    # grains whose deflate stream was copied from the source
 
     @property
     def populated_bytes(self) -> int:
@@ -133,6 +139,7 @@ class DiskStats:
             "capacity_bytes": self.capacity_bytes, "size_bytes": self.size_bytes,
             "bytes_read": self.bytes_read, "hole_bytes_skipped": self.hole_bytes_skipped,
             "bytes_written": self.bytes_written, "grains_written": self.grains_written,
+            "grains_copied": self.grains_copied,
             "zero_grains_skipped": self.zero_grains_skipped,
             "populated_bytes": self.populated_bytes, "payload_bytes": self.payload_bytes,
             "content_id": self.content_id, "disk_key": self.disk_key,
@@ -156,30 +163,67 @@ def _release_tail(buffer: mmap.mmap, used: int) -> None:
         buffer.madvise(mmap.MADV_DONTNEED, start, len(buffer) - start)
 
 
+def _encode_into(engine: Engine, local: threading.local, out: Any, view: memoryview,
+                 first_lba: int, n_grains: int) -> tuple[int, bytes, bytes, int]:
+    """engine.encoder.encode_span_into with the calling thread's engine state (kept in
+    ``local``; ISA-L's at a fixed kind of address).  One interface whatever the engine's
+    path (the native span encoder, or the span codec around a per-grain callable)."""
+    encoder = engine.encoder
+    streams = local.__dict__.setdefault("streams", {})
+    if encoder not in streams:
+        streams[encoder] = encoder.new_stream()
+    return encoder.encode_span_into(out, view, first_lba, n_grains,  # type: ignore[no-any-return]
+                                    streams[encoder])
+
+
 def encode_span(engine: Engine, local: threading.local, take_buffer: Callable[[], Any],
                 view: memoryview, first_lba: int, n_grains: int
                 ) -> tuple[Any, int, bytes, bytes, int]:
     """One span's framed grains: (buffer, bytes of it used, gt_rel, prints, payload).
     ``local`` keeps the calling thread's engine state; ``take_buffer`` gives a buffer of
-    SPAN_FRAMED_BYTES.  One interface whatever the engine's path (engine.encoder: the
-    native span encoder, or the span codec around a per-grain callable)."""
-    encoder = engine.encoder
-    streams = local.__dict__.setdefault("streams", {})
-    if encoder not in streams:  # this thread's state (ISA-L: at a fixed kind of address)
-        streams[encoder] = encoder.new_stream()
+    SPAN_FRAMED_BYTES."""
     out = take_buffer()
-    n, gt_rel, prints, payload = encoder.encode_span_into(out, view, first_lba, n_grains,
-                                                          streams[encoder])
-    return out, n, gt_rel, prints, payload
+    return (out, *_encode_into(engine, local, out, view, first_lba, n_grains))
+
+
+def encode_plan(source: DiskSource, plan: SpanPlan, buf: Any, engine: Engine,
+                local: threading.local, take_buffer: Callable[[], Any], *,
+                session: CacheSession | None = None, recompress: bool = False) -> Encoded:
+    """Read one span of ``source`` into ``buf`` and encode it (in a worker thread, here or
+    on a remote worker: farm.py).  A qcow2's compressed clusters of one grain are copied
+    (vmdk/copied.py) unless ``recompress``; a span holding any bypasses the cache, which
+    keys engine output by the raw bytes.  Else the span goes through ``session`` when given
+    (a hit skips the engine), or the engine."""
+    first_lba = plan.index * L.SPAN_GRAINS * L.GRAIN_SECTORS
+    if not recompress and getattr(source, "copies_deflate", False):
+        view, streams = source.read_span_deflate(plan, buf)  # type: ignore[attr-defined]
+        if streams:
+            def run(out: memoryview, part: memoryview, lba: int, n: int
+                    ) -> tuple[int, bytes, bytes, int]:
+                return _encode_into(engine, local, out, part, lba, n)
+            out = take_buffer()
+            return (out, *encode_copied_span(run, out, view, first_lba, plan.n_grains,
+                                             streams))
+    else:
+        view = source.read_span(plan, buf)
+
+    def compress_span(view: memoryview, first_lba: int, n_grains: int
+                      ) -> tuple[Any, int, bytes, bytes, int]:
+        return encode_span(engine, local, take_buffer, view, first_lba, n_grains)
+    if session is not None:  # a hit skips compress_span only
+        return (*session.encode(view, first_lba, plan.n_grains, compress_span, take_buffer), 0)
+    return (*compress_span(view, first_lba, plan.n_grains), 0)
 
 
 def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engine: Engine,
                       workers: int, adapter_type: str = "lsilogic",
                       progress: Callable[[int, int], None] | None = None,
                       cache: SpanCache | None = None,
-                      remote: RemoteSpans | None = None) -> DiskStats:
+                      remote: RemoteSpans | None = None, recompress: bool = False) -> DiskStats:
     """Encode ``source`` as a stream-optimized VMDK through ``write``, in one pass.
 
+    A qcow2's compressed clusters that are whole grains are copied, not recompressed
+    (vmdk/copied.py), unless ``recompress``: then every grain goes through ``engine``.
     ``cache``: spans whose raw bytes it holds are taken from it, not compressed (cache.py).
     ``remote``: encodes the spans elsewhere (farm.py) and yields them in order; the
     descriptor, framing of the stream and content id stay here."""
@@ -202,25 +246,18 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
         with pool_lock:
             return pool.pop() if pool else mmap.mmap(-1, _codec.SPAN_FRAMED_BYTES)
 
-    def compress_span(view: memoryview, first_lba: int, n_grains: int
-                      ) -> tuple[bytearray | mmap.mmap, int, bytes, bytes, int]:
-        return encode_span(engine, local, take_buffer, view, first_lba, n_grains)
-
     session = cache.session(engine) if cache is not None else None
 
-    def encode(plan: SpanPlan) -> tuple[SpanPlan, bytearray | mmap.mmap, int, bytes, bytes, int]:
+    def encode(plan: SpanPlan) -> tuple[SpanPlan, bytearray | mmap.mmap, int, bytes, bytes,
+                                        int, int]:
         buf = getattr(local, "buf", None)
         if buf is None:  # this thread's span buffer, made once (an anonymous map: its
             buf = local.buf = mmap.mmap(-1, L.SPAN_BYTES)  # pages fault in as read)
-        view = source.read_span(plan, buf)
-        first_lba = plan.index * L.SPAN_GRAINS * L.GRAIN_SECTORS
-        if session is not None:  # a hit skips compress_span only
-            return (plan, *session.encode(view, first_lba, plan.n_grains,  # type: ignore[return-value]
-                                          compress_span, take_buffer))
-        return (plan, *compress_span(view, first_lba, plan.n_grains))
+        return (plan, *encode_plan(source, plan, buf, engine, local, take_buffer,
+                                   session=session, recompress=recompress))
 
     content_id = ContentId(source.capacity_sectors)
-    grains = zero_grains = payload_total = 0
+    grains = zero_grains = payload_total = copied_total = 0
     last_lba = (source.n_grains - 1) * L.GRAIN_SECTORS
     last_grain_written = False
     writer.start()
@@ -231,7 +268,7 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
     results = (remote(source, engine) if remote is not None else
                ordered_map(encode, source.spans(), workers=workers, window=workers + 2))
     try:
-        for plan, framed, n_framed, gt_rel, prints, payload in results:
+        for plan, framed, n_framed, gt_rel, prints, payload, copied in results:
             with memoryview(framed) as used:
                 writer.add_span(plan.index, used[:n_framed], gt_rel)
             if isinstance(framed, mmap.mmap):
@@ -245,6 +282,7 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
             grains += n
             zero_grains += plan.n_grains - n
             payload_total += payload
+            copied_total += copied
             if progress is not None:
                 progress(sum(end - start for start, end in plan.extents), source.data_bytes)
     except BaseException:
@@ -265,4 +303,4 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
         content_id=content_id.hexdigest(), disk_key=disk_key.hex(),
         seconds=time.perf_counter() - started, engine=engine.describe(),
         last_grain_written=last_grain_written,
-        cache=session.describe() if session is not None else None)
+        cache=session.describe() if session is not None else None, grains_copied=copied_total)
