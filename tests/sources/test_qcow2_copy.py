@@ -120,7 +120,8 @@ def test_the_span_cache_never_serves_engine_bytes_for_copied_grains(
         assert out.read_bytes() == plain.read_bytes()
         assert stats.grains_copied == 21
     forced_again, stats = _to(tmp_path, "forced2", image, recompress=True, cache=cache)
-    assert stats.cache is not None and stats.cache["hits"] == 2
+    assert stats.cache is not None
+    assert stats.cache["hits"] == (2 if stats.cache["used"] else 0)  # OVFSTREAM_PURE: unused
     assert forced_again.read_bytes() == (tmp_path / "forced" / "d.vmdk").read_bytes()
 
 
