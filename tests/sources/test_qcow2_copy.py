@@ -255,3 +255,17 @@ def test_stream_that_does_not_end(tmp_path: Path, capsys: pytest.CaptureFixture[
     _refused(image, tmp_path, capsys, at)
     assert cli.main(["convert", str(image), "-o", str(tmp_path / "out.vmdk"), "-q"]) == 1
     assert "does not end inside" in capsys.readouterr().err
+
+
+def test_executor_workers_copy_the_same_grains(disk: tuple[Path, Path], tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+    _, image = disk
+    outs = []
+    for sub, executor in (("local", None), ("farm", ThreadPoolExecutor(2))):
+        (tmp_path / sub).mkdir()
+        result = pack([image], tmp_path / sub / "d.ova", mtime=0, executor=executor)
+        assert result.disks[0].stats.grains_copied == 21
+        outs.append((tmp_path / sub / "d.ova").read_bytes())
+        if executor is not None:
+            executor.shutdown()
+    assert outs[0] == outs[1]

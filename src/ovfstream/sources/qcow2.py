@@ -59,7 +59,8 @@ RULES: dict[str, str] = {
                 "is inconsistent",
     "qcow2.cluster": "a data cluster lies outside the file or overlaps the header",
     "qcow2.compressed": "a compressed cluster lies outside the file, or does not inflate to "
-                        "exactly one cluster",
+                        "exactly one cluster (its deflate stream corrupt, or not ending "
+                        "inside its sectors)",
     "qcow2.backing": "the backing file is missing, loops back into the chain, is nested "
                      "deeper than 16, or cannot be opened as the format the header names",
 }
