@@ -510,12 +510,11 @@ class Qcow2Source(DiskSource):
                         self._hole(a, part)
                     else:
                         streams = getattr(self._streams, "found", None)
-                        if streams is not None and a == cstart and b == cstart + cs:
-                            cluster, stream = self._inflate_stream(where)
-                            if len(stream) <= MAX_COPIED_STREAM:
-                                streams[a] = stream
-                        else:
-                            cluster = self._inflate(where)
+                        whole = (streams is not None and self.copies_deflate
+                                 and a == cstart and b == cstart + cs)
+                        cluster, stream = self._inflate(where, stream=whole)
+                        if stream is not None and len(stream) <= MAX_COPIED_STREAM:
+                            streams[a] = stream
                         part[:] = cluster[a - cstart:b - cstart]
                 pos = min(stop, cstart + cs)
         flush()
@@ -535,8 +534,8 @@ class Qcow2Source(DiskSource):
                           ) -> tuple[memoryview, dict[int, memoryview]]:
         """``read_span`` and the raw deflate stream of each grain of the span that is one
         compressed cluster of this file (a dict: grain index in the span -> stream), each
-        checked to inflate to exactly the grain's bytes in the view.  Only when
-        ``copies_deflate``."""
+        checked to inflate to exactly the grain's bytes in the view (none unless
+        ``copies_deflate``)."""
         self._streams.found = found = {}
         try:
             view = self.read_span(plan, buf)
@@ -546,55 +545,41 @@ class Qcow2Source(DiskSource):
         return view, {(offset - base) // GRAIN_BYTES: stream
                       for offset, stream in found.items()}
 
-    def _compressed(self, entry: int) -> tuple[int, bytes]:
-        """(host offset, bytes) of the compressed cluster an L2 ``entry`` describes (checked
-        by _pieces).  Its sector count bounds the read: the sectors after the one holding the
-        offset, clipped at the end of the file (the last one may end early)."""
+    def _inflate(self, entry: int, *, stream: bool = False) -> tuple[bytes, memoryview | None]:
+        """The compressed cluster an L2 ``entry`` describes (checked by _pieces), inflated:
+        exactly one cluster or an error; and with ``stream`` (deflate only) its deflate
+        stream, the bytes up to the stream's end, which must lie inside its sectors.  The
+        sector count bounds the read: the sectors after the one holding the offset, clipped
+        at the end of the file (the last one may end early)."""
+        cs = self.cluster_size
         coffset = entry & ((1 << self._coffset_bits) - 1)
         sectors = (entry >> self._coffset_bits & self._csectors_mask) + 1
         limit = min(sectors * 512 - coffset % 512, self._file.size - coffset)
-        return coffset, self._file.pread(limit, coffset)
-
-    def _inflate_stream(self, entry: int) -> tuple[bytes, memoryview]:
-        """A deflate cluster inflated (exactly one cluster or an error) and its stream: the
-        bytes up to the stream's end, which must lie inside its sectors."""
-        cs = self.cluster_size
-        coffset, data = self._compressed(entry)
-        inflater = isal_zlib.decompressobj(-15)  # raw deflate; qemu writes 4 KiB windows
-        try:
-            out = inflater.decompress(data, cs + 1)
-        except isal_zlib.error as exc:
-            raise self._error("qcow2.compressed", "compressed cluster does not inflate to one "
-                              "cluster of %d bytes (%s)" % (cs, exc), coffset) from None
-        if len(out) != cs:
-            raise self._error("qcow2.compressed", "compressed cluster inflates to %s bytes, "
-                              "not one cluster of %d" % ("more than %d" % cs if len(out) > cs
-                                                         else len(out), cs), coffset)
-        if not inflater.eof:
-            raise self._error("qcow2.compressed", "compressed cluster's deflate stream does "
-                              "not end inside its %d bytes (truncated, or it runs past its "
-                              "sector count)" % len(data), coffset)
-        return out, memoryview(data)[:len(data) - len(inflater.unused_data)]
-
-    def _inflate(self, entry: int) -> bytes:
-        """The compressed cluster an L2 ``entry`` describes (checked by _pieces), inflated:
-        exactly one cluster or an error."""
-        cs = self.cluster_size
-        coffset, data = self._compressed(entry)
+        data = self._file.pread(limit, coffset)
+        ended: memoryview | None = None
         try:
             if self.compression == COMPRESSION_ZSTD:
                 reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False)
                 out = reader.read(cs + 1)
+            elif stream:  # ISA-L says where the stream ended (libdeflate does not)
+                inflater = isal_zlib.decompressobj(-15)  # raw deflate (qemu: 4 KiB windows)
+                out = inflater.decompress(data, cs + 1)
+                if inflater.eof:
+                    ended = memoryview(data)[:len(data) - len(inflater.unused_data)]
             else:  # libdeflate: raw deflate into a cluster-sized buffer; more is an error
                 out = deflate.deflate_decompress(data, cs)
-        except (zstandard.ZstdError, deflate.DeflateError) as exc:
+        except (zstandard.ZstdError, deflate.DeflateError, isal_zlib.error) as exc:
             raise self._error("qcow2.compressed", "compressed cluster does not inflate to one "
                               "cluster of %d bytes (%s)" % (cs, exc), coffset) from None
         if len(out) != cs:
             raise self._error("qcow2.compressed", "compressed cluster inflates to %s bytes, "
                               "not one cluster of %d" % ("more than %d" % cs if len(out) > cs
                                                          else len(out), cs), coffset)
-        return out
+        if stream and ended is None:
+            raise self._error("qcow2.compressed", "compressed cluster's deflate stream does "
+                              "not end inside its %d bytes (truncated, or it runs past its "
+                              "sector count)" % len(data), coffset)
+        return out, ended
 
 
 def _bounded(extents: Iterable[Extent]) -> list[Extent]:
