@@ -269,3 +269,23 @@ def test_executor_workers_copy_the_same_grains(disk: tuple[Path, Path], tmp_path
         if executor is not None:
             executor.shutdown()
     assert outs[0] == outs[1]
+
+
+def test_rawinflate_reports_where_the_stream_ended() -> None:
+    import mmap
+
+    from ovfstream.sources import rawinflate
+    assert rawinflate.AVAILABLE
+    deflater = zlib.compressobj(6, zlib.DEFLATED, -12)
+    grain = (b"where does it end? " * 4000)[:GRAIN]
+    stream = deflater.compress(grain) + deflater.flush()
+    buf = mmap.mmap(-1, 2 * GRAIN)
+    view = memoryview(buf)
+    assert rawinflate.inflate_into(stream + b"slack", view[GRAIN:]) == (
+        rawinflate.SUCCESS, len(stream), GRAIN)
+    assert buf[GRAIN:] == grain
+    assert rawinflate.inflate_into(stream, view[:GRAIN - 1])[0] == rawinflate.INSUFFICIENT_SPACE
+    assert rawinflate.inflate_into(stream[:-20], view[:GRAIN])[0] == rawinflate.BAD_DATA
+    assert rawinflate.inflate_into(b"\xff" * 64, view[:GRAIN])[0] == rawinflate.BAD_DATA
+    view.release()
+    buf.close()  # no buffer export outlives a call

@@ -18,9 +18,9 @@ threads that read them (libdeflate and zstd release the GIL).
 Copying compressed clusters: a 64 KiB deflate cluster is a VMDK grain's deflate stream as it
 is.  ``read_span_deflate`` reads a span as ``read_span`` does and also hands back, for each
 grain that is one such cluster of this file, the cluster's raw deflate bytes up to the end of
-the stream (found while inflating it: ISA-L reports where the stream ended, libdeflate does
-not), so that the VMDK writer frames them instead of compressing the grain again
-(vmdk/copied.py).
+the stream (libdeflate says where it ended while it inflates the cluster into the span:
+sources/rawinflate.py), so that the VMDK writer frames them instead of compressing the grain
+again (vmdk/copied.py).
 
 Backing chains: the backing file (relative names against the overlay's folder) opens through
 ``open_source`` with the format the header extension names (by content when none), to a
@@ -42,10 +42,10 @@ from typing import Iterable, Iterator
 
 import deflate
 import zstandard
-from isal import isal_zlib
 
 from ..errors import FormatError, UnsupportedError, UsageError
 from ..vmdk.layout import GRAIN_BYTES, MAX_GRAIN_PAYLOAD, SPAN_BYTES
+from . import rawinflate
 from .base import DiskSource, Extent, OpenFile, SpanPlan, fill_zeros
 
 __all__ = ["Qcow2Source", "RULES", "MAX_CHAIN_DEPTH"]
@@ -187,7 +187,8 @@ class Qcow2Source(DiskSource):
                               "more (cluster_bits %d)" % cluster_bits, 20)
         self.compression = compression
         # Whether read_span_deflate can find grains to copy: deflate clusters of one grain.
-        self.copies_deflate = compression == COMPRESSION_DEFLATE and cs == GRAIN_BYTES
+        self.copies_deflate = (compression == COMPRESSION_DEFLATE and cs == GRAIN_BYTES
+                               and rawinflate.AVAILABLE)
         if size == 0:
             raise UsageError("%s: the qcow2 image's virtual size is 0; a disk needs a capacity"
                              % self.path)
@@ -510,12 +511,13 @@ class Qcow2Source(DiskSource):
                         self._hole(a, part)
                     else:
                         streams = getattr(self._streams, "found", None)
-                        whole = (streams is not None and self.copies_deflate
-                                 and a == cstart and b == cstart + cs)
-                        cluster, stream = self._inflate(where, stream=whole)
-                        if stream is not None and len(stream) <= MAX_COPIED_STREAM:
-                            streams[a] = stream
-                        part[:] = cluster[a - cstart:b - cstart]
+                        if (streams is not None and self.copies_deflate
+                                and a == cstart and b == cstart + cs):
+                            stream = self._inflate_into(where, part)
+                            if len(stream) <= MAX_COPIED_STREAM:
+                                streams[a] = stream
+                        else:
+                            part[:] = self._inflate(where)[a - cstart:b - cstart]
                 pos = min(stop, cstart + cs)
         flush()
 
@@ -545,41 +547,51 @@ class Qcow2Source(DiskSource):
         return view, {(offset - base) // GRAIN_BYTES: stream
                       for offset, stream in found.items()}
 
-    def _inflate(self, entry: int, *, stream: bool = False) -> tuple[bytes, memoryview | None]:
-        """The compressed cluster an L2 ``entry`` describes (checked by _pieces), inflated:
-        exactly one cluster or an error; and with ``stream`` (deflate only) its deflate
-        stream, the bytes up to the stream's end, which must lie inside its sectors.  The
-        sector count bounds the read: the sectors after the one holding the offset, clipped
-        at the end of the file (the last one may end early)."""
-        cs = self.cluster_size
+    def _compressed(self, entry: int) -> tuple[int, bytes]:
+        """(host offset, bytes) of the compressed cluster an L2 ``entry`` describes (checked
+        by _pieces).  Its sector count bounds the read: the sectors after the one holding the
+        offset, clipped at the end of the file (the last one may end early)."""
         coffset = entry & ((1 << self._coffset_bits) - 1)
         sectors = (entry >> self._coffset_bits & self._csectors_mask) + 1
         limit = min(sectors * 512 - coffset % 512, self._file.size - coffset)
-        data = self._file.pread(limit, coffset)
-        ended: memoryview | None = None
+        return coffset, self._file.pread(limit, coffset)
+
+    def _size_error(self, coffset: int, detail: str) -> FormatError:
+        return self._error("qcow2.compressed", "compressed cluster does not inflate to one "
+                           "cluster of %d bytes: %s" % (self.cluster_size, detail), coffset)
+
+    def _inflate(self, entry: int) -> bytes:
+        """The compressed cluster an L2 ``entry`` describes, inflated: exactly one cluster
+        or an error."""
+        cs = self.cluster_size
+        coffset, data = self._compressed(entry)
         try:
             if self.compression == COMPRESSION_ZSTD:
                 reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=False)
                 out = reader.read(cs + 1)
-            elif stream:  # ISA-L says where the stream ended (libdeflate does not)
-                inflater = isal_zlib.decompressobj(-15)  # raw deflate (qemu: 4 KiB windows)
-                out = inflater.decompress(data, cs + 1)
-                if inflater.eof:
-                    ended = memoryview(data)[:len(data) - len(inflater.unused_data)]
             else:  # libdeflate: raw deflate into a cluster-sized buffer; more is an error
                 out = deflate.deflate_decompress(data, cs)
-        except (zstandard.ZstdError, deflate.DeflateError, isal_zlib.error) as exc:
-            raise self._error("qcow2.compressed", "compressed cluster does not inflate to one "
-                              "cluster of %d bytes (%s)" % (cs, exc), coffset) from None
+        except (zstandard.ZstdError, deflate.DeflateError) as exc:
+            raise self._size_error(coffset, "corrupt (%s)" % exc) from None
         if len(out) != cs:
-            raise self._error("qcow2.compressed", "compressed cluster inflates to %s bytes, "
-                              "not one cluster of %d" % ("more than %d" % cs if len(out) > cs
-                                                         else len(out), cs), coffset)
-        if stream and ended is None:
-            raise self._error("qcow2.compressed", "compressed cluster's deflate stream does "
-                              "not end inside its %d bytes (truncated, or it runs past its "
-                              "sector count)" % len(data), coffset)
-        return out, ended
+            raise self._size_error(coffset, "it makes %s bytes" % (
+                "more than %d" % cs if len(out) > cs else len(out)))
+        return out
+
+    def _inflate_into(self, entry: int, cluster: memoryview) -> memoryview:
+        """Inflate the deflate cluster of ``entry`` into ``cluster`` (one whole cluster, or
+        an error) with the same libdeflate; return its stream: the bytes up to the stream's
+        end, which must lie inside its sectors."""
+        coffset, data = self._compressed(entry)
+        rc, used, made = rawinflate.inflate_into(data, cluster)
+        if rc == rawinflate.INSUFFICIENT_SPACE:
+            raise self._size_error(coffset, "it makes more than %d bytes" % len(cluster))
+        if rc != rawinflate.SUCCESS:
+            raise self._size_error(coffset, "corrupt, or its stream does not end inside its "
+                                   "%d bytes" % len(data))
+        if made != len(cluster):
+            raise self._size_error(coffset, "it makes %d bytes" % made)
+        return memoryview(data)[:used]
 
 
 def _bounded(extents: Iterable[Extent]) -> list[Extent]:
