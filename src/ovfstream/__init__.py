@@ -6,6 +6,8 @@ They take typed keyword options, return result objects, raise the exceptions of
 :mod:`ovfstream.errors`, and are safe to call from several threads at once.
 """
 
+import sys
+import types
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # what __getattr__ below loads on first use, spelled out for type checkers
@@ -50,6 +52,22 @@ def __getattr__(name: str) -> object:
     value = getattr(importlib.import_module("." + home, __name__), name)
     globals()[name] = value  # once: later lookups do not come back here
     return value
+
+
+class _Package(types.ModuleType):
+    """The package module.  Importing a submodule binds it as an attribute of its package
+    (``import ovfstream.pack`` sets ``ovfstream.pack``); where a public function has its
+    module's name (pack, convert, verify, ...), the function keeps the name, as it did when
+    this file imported everything up front."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if (isinstance(value, types.ModuleType) and _HOMES.get(name) == name
+                and hasattr(value, name)):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __dir__() -> list[str]:
