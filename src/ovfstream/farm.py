@@ -134,16 +134,10 @@ def encode_remote_span(task: SpanTask, plan: SpanPlan) -> tuple[bytes, bytes, by
             buf = _local.raw = bytearray(L.SPAN_BYTES)
         view = source.read_span(plan, buf)
         first_lba = plan.index * L.SPAN_GRAINS * L.GRAIN_SECTORS
-
-        def compress(v: memoryview, lba: int, n: int) -> tuple[Any, int, bytes, bytes, int]:
-            return encode_span(engine, _local, _take_buffer, v, lba, n)
-        session = None
-        if task.cache_root is not None:
-            session = SpanCache(task.cache_root).session(engine)
-            out, n, gt_rel, prints, payload = session.encode(view, first_lba, plan.n_grains,
-                                                             compress)
-        else:
-            out, n, gt_rel, prints, payload = compress(view, first_lba, plan.n_grains)
+        session = (SpanCache(task.cache_root).session(engine)
+                   if task.cache_root is not None else None)
+        out, n, gt_rel, prints, payload = encode_span(engine, _local, _take_buffer, view,
+                                                      first_lba, plan.n_grains, session)
         with memoryview(out) as used:  # type: ignore[arg-type]
             framed = bytes(used[:n])
         source.check_unchanged()

@@ -29,7 +29,7 @@ from .contentid import ContentId
 from .descriptor import render_descriptor
 
 if TYPE_CHECKING:
-    from ..cache import SpanCache
+    from ..cache import CacheSession, SpanCache
 
 __all__ = ["StreamVmdkWriter", "DiskStats", "write_stream_vmdk", "encode_span", "NATIVE"]
 
@@ -156,21 +156,35 @@ def _release_tail(buffer: mmap.mmap, used: int) -> None:
         buffer.madvise(mmap.MADV_DONTNEED, start, len(buffer) - start)
 
 
-def encode_span(engine: Engine, local: threading.local, take_buffer: Callable[[], Any],
-                view: memoryview, first_lba: int, n_grains: int
-                ) -> tuple[Any, int, bytes, bytes, int]:
-    """One span's framed grains: (buffer, bytes of it used, gt_rel, prints, payload).
-    ``local`` keeps the calling thread's engine state; ``take_buffer`` gives a buffer of
-    SPAN_FRAMED_BYTES.  One interface whatever the engine's path (engine.encoder: the
-    native span encoder, or the span codec around a per-grain callable)."""
+def encode_span_into(engine: Engine, local: threading.local, out: Any, view: memoryview,
+                     first_lba: int, n_grains: int) -> tuple[int, bytes, bytes, int]:
+    """Frame ``n_grains`` grains of ``view`` at the start of ``out`` (at least
+    n_grains * MAX_FRAMED_BYTES long): (bytes of it used, gt_rel, prints, payload).
+    ``local`` keeps the calling thread's engine state.  One interface whatever the engine's
+    path (engine.encoder: the native span encoder, or the span codec around a per-grain
+    callable)."""
     encoder = engine.encoder
     streams = local.__dict__.setdefault("streams", {})
     if encoder not in streams:  # this thread's state (ISA-L: at a fixed kind of address)
         streams[encoder] = encoder.new_stream()
+    return encoder.encode_span_into(out, view, first_lba, n_grains, streams[encoder])  # type: ignore[no-any-return]
+
+
+def encode_span(engine: Engine, local: threading.local, take_buffer: Callable[[], Any],
+                view: memoryview, first_lba: int, n_grains: int,
+                session: CacheSession | None = None) -> tuple[Any, int, bytes, bytes, int]:
+    """One span's framed grains: (buffer, bytes of it used, gt_rel, prints, payload);
+    ``take_buffer`` gives a buffer of SPAN_FRAMED_BYTES.  With a cache ``session``, the
+    chunks it holds come from there (cache.py)."""
     out = take_buffer()
-    n, gt_rel, prints, payload = encoder.encode_span_into(out, view, first_lba, n_grains,
-                                                          streams[encoder])
-    return out, n, gt_rel, prints, payload
+
+    def compress_into(dest: memoryview, raw: memoryview, lba: int, n: int
+                      ) -> tuple[int, bytes, bytes, int]:
+        return encode_span_into(engine, local, dest, raw, lba, n)
+    if session is None:
+        return (out, *compress_into(out, view, first_lba, n_grains))
+    with memoryview(out) as dest:
+        return (out, *session.encode_into(dest, view, first_lba, n_grains, compress_into))
 
 
 def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engine: Engine,
@@ -202,10 +216,6 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
         with pool_lock:
             return pool.pop() if pool else mmap.mmap(-1, _codec.SPAN_FRAMED_BYTES)
 
-    def compress_span(view: memoryview, first_lba: int, n_grains: int
-                      ) -> tuple[bytearray | mmap.mmap, int, bytes, bytes, int]:
-        return encode_span(engine, local, take_buffer, view, first_lba, n_grains)
-
     session = cache.session(engine) if cache is not None else None
 
     def encode(plan: SpanPlan) -> tuple[SpanPlan, bytearray | mmap.mmap, int, bytes, bytes, int]:
@@ -214,10 +224,8 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
             buf = local.buf = mmap.mmap(-1, L.SPAN_BYTES)  # pages fault in as read)
         view = source.read_span(plan, buf)
         first_lba = plan.index * L.SPAN_GRAINS * L.GRAIN_SECTORS
-        if session is not None:  # a hit skips compress_span only
-            return (plan, *session.encode(view, first_lba, plan.n_grains,  # type: ignore[return-value]
-                                          compress_span, take_buffer))
-        return (plan, *compress_span(view, first_lba, plan.n_grains))
+        return (plan, *encode_span(engine, local, take_buffer, view, first_lba, plan.n_grains,
+                                   session))
 
     content_id = ContentId(source.capacity_sectors)
     grains = zero_grains = payload_total = 0
