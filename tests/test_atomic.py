@@ -157,3 +157,22 @@ def test_convert_and_pack_bytes_do_not_depend_on_direct_io_or_workers(tmp_path, 
         ).hexdigest())
     assert {kind: len(found) for kind, found in digests.items()} == {
         "vmdk": 1, "ova": 1, "folder": 1}
+
+
+def test_a_large_aligned_write_after_a_staged_header_goes_direct(tmp_path, monkeypatch):
+    # An OVA member: its 512-byte header is staged, then the member's large page-aligned
+    # pieces must go straight from the caller's memory, not through the staging copy.
+    monkeypatch.delenv("OVFSTREAM_DIRECT_IO", raising=False)
+    monkeypatch.setattr(atomic, "dio_alignment", lambda fd: (512, 512))
+    piece = mmap.mmap(-1, 4 * MIB)
+    piece[:] = random.Random(7).randbytes(4 * MIB)
+    out = tmp_path / "o.bin"
+    with atomic_output(out, direct=True) as f:
+        if not isinstance(f, DirectFile):
+            pytest.skip("O_DIRECT is not offered here")
+        f.seek(5120)
+        f.write(b"h" * 512)
+        with memoryview(piece) as view:
+            f.write(view)
+        assert f.direct_bytes >= 4 * MIB + 512
+    assert out.read_bytes() == bytes(5120) + b"h" * 512 + bytes(piece)

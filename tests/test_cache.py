@@ -37,7 +37,7 @@ def _pack(raw: Path, out: Path, **kw) -> tuple[bytes, dict | None]:
 
 
 def _entries(cache: Path) -> list[Path]:
-    return sorted(cache.glob("spans-v1/*/*.span"))
+    return sorted(cache.glob("chunks-v2/*/*.span"))
 
 
 @pytest.mark.parametrize("engine", ["isal", "zlib"])
@@ -81,6 +81,34 @@ def test_a_span_that_moved_still_hits(tmp_path):
     _pack(a, tmp_path / "warm-a" / "x.ova", engine="zlib", cache=tmp_path / "c")
     warm, info = _pack(b, tmp_path / "warm-b" / "x.ova", engine="zlib", cache=tmp_path / "c")
     assert info["hits"] == 1 and warm == cold
+
+
+def test_a_change_recompresses_only_its_chunk(tmp_path):
+    """One span of data, one byte changed: the other chunks of the span still hit, and the
+    span (cached chunks beside a fresh one) is the cold build's."""
+    from ovfstream.cache import CHUNK_GRAINS
+    chunk = CHUNK_GRAINS * 64 * 1024
+    raw = write_disk(tmp_path / "a.raw", 40 * MIB, [(0, "text", 32 * MIB)], seed=9)
+    cache = tmp_path / "c"
+    _, info = _pack(raw, tmp_path / "first" / "x.ova", cache=cache)
+    assert info["misses"] == 32 * MIB // chunk and info["hits"] == 0
+    with open(raw, "r+b") as f:  # one byte in the fourth chunk
+        f.seek(3 * chunk + 12345)
+        f.write(b"\xff")
+    cold, _ = _pack(raw, tmp_path / "cold" / "x.ova")
+    warm, info = _pack(raw, tmp_path / "warm" / "x.ova", cache=cache, parallel=2)
+    assert warm == cold
+    assert info["misses"] == 1 and info["hits"] == 32 * MIB // chunk - 1
+    assert info["chunk_bytes"] == chunk
+
+
+def test_prune_clears_what_earlier_framing_versions_left(tmp_path):
+    old = tmp_path / "c" / "spans-v1" / "ab"
+    old.mkdir(parents=True)
+    (old / ("0" * 30 + ".span")).write_bytes(b"x" * 1000)
+    cache = SpanCache(tmp_path / "c")
+    report = cache.prune()
+    assert not list(old.iterdir()) and report["entries"] == 0
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "zero", "header", "empty"])
@@ -150,7 +178,7 @@ def test_two_processes_share_one_cache(make_disk, tmp_path):
     assert all(out.read_bytes() == cold for out in outs)
     warm, info = _pack(raw, tmp_path / "warm" / "a.ova", cache=cache)
     assert warm == cold and info["hits"] == 4
-    assert not list(cache.glob("spans-v1/*/.*.partial"))
+    assert not list(cache.glob("chunks-v2/*/.*.partial"))
 
 
 def test_cap_prunes_least_recently_used_first(make_disk, tmp_path):

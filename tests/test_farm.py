@@ -78,7 +78,7 @@ def test_pack_spread_over_workers_gives_the_local_bytes(cluster, make_disk, tmp_
     # the workers filled the shared cache; a local pack now hits it
     again = _local_pack(raw, tmp_path / "again" / "a.ova", cache=tmp_path / "cache")
     assert again == local
-    assert len(list((tmp_path / "cache").glob("spans-v1/*/*.span"))) == 4
+    assert len(list((tmp_path / "cache").glob("chunks-v2/*/*.span"))) == 4
 
 
 def test_build_sends_whole_jobs_to_the_workers(cluster, make_disk, tmp_path, capsys):

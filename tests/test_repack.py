@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import sys
 import tarfile
 from pathlib import Path
 
@@ -365,3 +366,57 @@ def test_qcow2_member_is_reencoded(packed, tmp_path, qemu_img):
     vmdk = tmp_path / "out.vmdk"
     vmdk.write_bytes(members(out)["out-disk1.vmdk"])
     assert qemu_img("compare", "-f", "raw", "-F", "vmdk", disk, vmdk).returncode == 0
+
+
+# -- the byte copy: one read serves the manifest check, the tables plan it ----------------
+
+def test_renamed_copy_of_a_tampered_member_is_refused(packed, tmp_path, capsys):
+    # A new name: a new head over the input's bytes, the input digested as it is copied;
+    # one byte changed in a grain fails the check and leaves nothing.
+    _, src = packed
+    data = bytearray(src.read_bytes())
+    data[data.index(b"KDMV") + 512 * 130] ^= 0x01
+    bad = tmp_path / "in.ova"
+    bad.write_bytes(bytes(data))
+    (tmp_path / "out").mkdir()
+    with pytest.raises(DigestMismatchError):
+        repack(bad, tmp_path / "out" / "renamed.ova", fsync=False)
+    assert os.listdir(tmp_path / "out") == []
+    assert cli.main(["repack", str(bad), "-o", str(tmp_path / "out" / "renamed.ova"),
+                     "--name", "renamed", "-q"]) == 1
+    assert "[repack.manifest]" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "out") == []
+
+
+def test_markers_that_disagree_with_the_tables_are_copied_from_the_walk(packed, tmp_path,
+                                                                       monkeypatch):
+    module = sys.modules["ovfstream.repack"]  # (the package exports a function of that name)
+    real = module.table_grains
+    calls = []
+
+    def misplaced(reader):  # tables that say the first grain holds another LBA
+        grains = real(reader)
+        calls.append(len(grains))
+        lba, pos, size = grains[0]
+        return [(lba + 128, pos, size)] + grains[1:]
+    monkeypatch.setattr(module, "table_grains", misplaced)
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    _, src = packed
+    (tmp_path / "out").mkdir()
+    result = repack(src, tmp_path / "out" / "web.ova", fsync=False)
+    assert (tmp_path / "out" / "web.ova").read_bytes() == src.read_bytes()
+    assert len(calls) == 1 and result.disks[0].copied.grains_copied > 0  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("direct", ["0", "1"])
+def test_repack_bytes_do_not_depend_on_direct_io(packed, tmp_path, monkeypatch, direct):
+    monkeypatch.setenv("OVFSTREAM_DIRECT_IO", direct)
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    _, src = packed
+    (tmp_path / "out").mkdir()
+    repack(src, tmp_path / "out" / "web.ova", fsync=False)
+    renamed = repack(src, tmp_path / "out" / "other.ova", overrides={"memory": 4096},
+                     fsync=False)
+    assert (tmp_path / "out" / "web.ova").read_bytes() == src.read_bytes()
+    assert verify(tmp_path / "out" / "other.ova", deep=True).ok
+    assert renamed.disks[0].copied.payload_bytes > 0  # type: ignore[union-attr]

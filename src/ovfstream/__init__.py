@@ -6,18 +6,72 @@ They take typed keyword options, return result objects, raise the exceptions of
 :mod:`ovfstream.errors`, and are safe to call from several threads at once.
 """
 
-from .build import BuildResult, pack_many
-from .cache import SpanCache
-from .convert import ConvertResult, convert
-from .errors import (CertificateFormatError, DigestMismatchError, FormatError, Finding,
-                     ManifestFormatError, OvfFormatError, OvfstreamError, TarFormatError,
-                     UnsupportedError, UsageError, VmdkFormatError)
-from .extract import ExtractSummary, extract
-from .inspect import InspectResult, inspect
-from .ovf.model import DiskSlot, Nic, Product, Property, VirtualMachine
-from .pack import PackResult, Signer, pack
-from .repack import RepackResult, repack
-from .verify import VerifyResult, verify
+import sys
+import types
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # what __getattr__ below loads on first use, spelled out for type checkers
+    from .build import BuildResult, pack_many
+    from .cache import SpanCache
+    from .convert import ConvertResult, convert
+    from .errors import (CertificateFormatError, DigestMismatchError, FormatError, Finding,
+                         ManifestFormatError, OvfFormatError, OvfstreamError, TarFormatError,
+                         UnsupportedError, UsageError, VmdkFormatError)
+    from .extract import ExtractSummary, extract
+    from .inspect import InspectResult, inspect
+    from .ovf.model import DiskSlot, Nic, Product, Property, VirtualMachine
+    from .pack import PackResult, Signer, pack
+    from .repack import RepackResult, repack
+    from .verify import VerifyResult, verify
+
+# Public name -> the module that defines it.  The package imports none of them up front:
+# a command line run loads only what its command uses (``ovfstream pack`` never imports
+# the signing, reading or build-farm modules), which is most of a short run's start-up.
+_HOMES = {
+    "pack_many": "build", "BuildResult": "build", "SpanCache": "cache",
+    "convert": "convert", "ConvertResult": "convert",
+    "extract": "extract", "ExtractSummary": "extract",
+    "inspect": "inspect", "InspectResult": "inspect",
+    "DiskSlot": "ovf.model", "Nic": "ovf.model", "Product": "ovf.model",
+    "Property": "ovf.model", "VirtualMachine": "ovf.model",
+    "pack": "pack", "PackResult": "pack", "Signer": "pack",
+    "repack": "repack", "RepackResult": "repack",
+    "verify": "verify", "VerifyResult": "verify",
+    **{name: "errors" for name in (
+        "CertificateFormatError", "DigestMismatchError", "FormatError", "Finding",
+        "ManifestFormatError", "OvfFormatError", "OvfstreamError", "TarFormatError",
+        "UnsupportedError", "UsageError", "VmdkFormatError")},
+}
+
+
+def __getattr__(name: str) -> object:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError("module 'ovfstream' has no attribute %r" % name)
+    import importlib
+    value = getattr(importlib.import_module("." + home, __name__), name)
+    globals()[name] = value  # once: later lookups do not come back here
+    return value
+
+
+class _Package(types.ModuleType):
+    """The package module.  Importing a submodule binds it as an attribute of its package
+    (``import ovfstream.pack`` sets ``ovfstream.pack``); where a public function has its
+    module's name (pack, convert, verify, ...), the function keeps the name, as it did when
+    this file imported everything up front."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if (isinstance(value, types.ModuleType) and _HOMES.get(name) == name
+                and hasattr(value, name)):
+            value = getattr(value, name)
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))
 
 
 

@@ -275,13 +275,21 @@ class DirectFile(io.RawIOBase):
         self._stage_at += n
         self._staged -= n
 
+    def _aligned(self, view: memoryview) -> bool:
+        """Whether O_DIRECT can take ``view``'s memory as it is."""
+        return not view.readonly and (
+            ctypes.addressof(ctypes.c_char.from_buffer(view)) % self._mem_align == 0)
+
     def _append(self, view: memoryview) -> None:
         """Write ``view`` at the end of the stream (stage_at + staged)."""
         align = self._align
         while len(view):
-            if self._staged == 0 and len(view) >= align and (
-                    ctypes.addressof(ctypes.c_char.from_buffer(view)) % self._mem_align == 0
-                    if not view.readonly else False):
+            if (self._staged and self._staged % align == 0 and len(view) >= _STAGE_BYTES
+                    and self._aligned(view)):
+                # whole blocks staged (a member's header) before a large aligned write:
+                # write them out so the large one goes straight from the caller's memory
+                self._flush_stage(self._staged)
+            if self._staged == 0 and len(view) >= align and self._aligned(view):
                 n = len(view) - len(view) % align
                 self._direct_write(view[:n], self._stage_at)
                 self._stage_at += n

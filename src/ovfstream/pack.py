@@ -17,14 +17,12 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Callable, Sequence
 
 from .atomic import AtomicFiles, atomic_output, output_kind, signals_held
 from .cache import SpanCache, open_cache
-from .cert import SigningKey, load_signing_key
 from .engine import get_engine
 from .errors import UsageError
-from .farm import remote_spans
 from .manifest import DIGESTS, manifest_size, render_manifest
 from .outputs import Inputs
 from .ova.writer import FolderWriter, FrontMembers, SeekableOvaWriter, StreamingOvaWriter
@@ -35,6 +33,9 @@ from .ovf.writer import OvfVersion, pad_to, render_descriptor, reserve_size
 from .pipeline import check_workers
 from .sources import DiskSource, open_source
 from .vmdk.writer import DiskStats, write_stream_vmdk
+
+if TYPE_CHECKING:  # signing (cryptography) loads only when a package is signed
+    from .cert import SigningKey
 
 __all__ = ["pack", "PackResult", "PackedFile", "PackedDisk", "Signer"]
 
@@ -236,6 +237,7 @@ def signing_key_of(signer: Signer | None) -> SigningKey | None:
     # signing, so only the final manifest is signed.
     if signer is None:
         return None
+    from .cert import load_signing_key
     return load_signing_key(private_key_pem=signer.private_key_pem,
                             certificate_chain_pem=signer.certificate_chain_pem,
                             digest=signer.digest, password=signer.password)
@@ -350,6 +352,8 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
                       signing_key_of(signer))
         stats: list[DiskStats] = []
         disk_files: list[PackedFile] = []
+        if executor is not None:
+            from .farm import remote_spans
         with package_writer(out, front, mtime=mtime, fsync=fsync, spool_dir=spool_dir) as writer:
             for i, (src, name) in enumerate(zip(sources, names)):
                 report = None if progress is None else progress_of(progress, name)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import os
 import tempfile
 import threading
@@ -90,7 +91,17 @@ from .package import Member, Package, open_package
 from .pipeline import check_workers
 from .sources import DiskSource, open_source
 from .verify import hash_members
-from .vmdk.copy import CopyStats, copies_as_is, copy_member, copy_stream_vmdk, zlib_grains
+from .vmdk import layout as L
+from .vmdk.copy import (
+    CopyStats,
+    GrainCheck,
+    LayoutDiffers,
+    copies_as_is,
+    copy_member,
+    copy_stream_vmdk,
+    table_grains,
+    zlib_grains,
+)
 from .vmdk.reader import VmdkReader
 from .vmdk.writer import DiskStats, write_stream_vmdk
 
@@ -181,6 +192,26 @@ def repack(package: PathLike, output: PathLike | BinaryIO, *,
     (sign again with ``signer``).  ``input_format`` is pack's, for the disks re-encoded;
     ``cache``/``cache_max`` too (the span cache, cache.py: copied disks do not use it).
     """
+    args = dict(overrides=overrides, ovf_version=ovf_version, digest=digest, target=target,
+                signer=signer, parallel=parallel, engine=engine, level=level, mtime=mtime,
+                fsync=fsync, spool_dir=spool_dir, progress=progress, inputs=inputs,
+                check_manifest=check_manifest, input_format=input_format, cache=cache,
+                cache_max=cache_max)
+    try:
+        return _repack(package, output, trust_tables=True, **args)  # type: ignore[arg-type]
+    except LayoutDiffers:
+        # A disk's grain markers disagree with its tables: nothing was put in place (the
+        # output is atomic, a stream is spooled until the end); redo it from the markers.
+        return _repack(package, output, trust_tables=False, **args)  # type: ignore[arg-type]
+
+
+def _repack(package: PathLike, output: PathLike | BinaryIO, *, trust_tables: bool,
+            overrides: Mapping[str, object] | None, ovf_version: str | None,
+            digest: str | None, target: str | None, signer: Signer | None,
+            parallel: int | None, engine: str, level: int | None, mtime: int | None,
+            fsync: bool, spool_dir: PathLike | None, progress: Progress | None,
+            inputs: Sequence[PathLike], check_manifest: bool, input_format: str,
+            cache: SpanCache | PathLike | None, cache_max: int | None) -> RepackResult:
     started = time.perf_counter()
     span_cache = open_cache(cache, cache_max)
     pkg = open_package(package)
@@ -231,23 +262,29 @@ def repack(package: PathLike, output: PathLike | BinaryIO, *,
     done: list[RepackedDisk] = []
     disk_files: list[PackedFile] = []
     with contextlib.ExitStack() as stack:
-        # The input's digests are checked on the other core while the package is written;
-        # a mismatch fails the run before anything is renamed into place or streamed.
+        plans = [_copyable(pkg, member, stack, file_name=name,
+                           adapter_type=adapter_for(vm.slot_for(i)), trust_tables=trust_tables)
+                 for i, (member, name) in enumerate(zip(members, names))]
+        # A member copied byte for byte digests the input as it is read (one read serves
+        # the check and the copy); the other members' digests are checked on the other
+        # core while the package is written.  A mismatch fails the run before anything is
+        # renamed into place or streamed.
+        observers = [manifest.take(member.name) if plan is not None and plan.as_is else None
+                     for member, plan in zip(members, plans)]
         stack.enter_context(manifest.running())
         with package_writer(out, front, mtime=mtime, fsync=fsync, spool_dir=spool_dir,
                             stamp=out.form == "ovf") as writer:
             for i, (member, name) in enumerate(zip(members, names)):
                 report = None if progress is None else progress_of(progress, name)
                 slot = vm.slot_for(i)
-                plan = _copyable(pkg, member, stack, file_name=name,
-                                 adapter_type=adapter_for(slot))
+                plan = plans[i]
                 # A member copied as it is keeps its bytes, so its digest is the input
                 # manifest's (checked against the input before the commit): not hashed again.
                 known = (manifest.digest_of(member.name, digest) if plan is not None
                          and plan.as_is and plan.head is None and check_manifest else None)
                 with writer.member(name, known) as sink:
                     if plan is not None:
-                        copied = plan.copy(sink.write, report)
+                        copied = plan.copy(sink.write, report, observers[i])
                         result = RepackedDisk(pkg.location(member), name, copied, None)
                     else:
                         src = _open_member_source(pkg, member, stack, spool_dir,
@@ -310,11 +347,25 @@ class _ManifestCheck:
         self.algorithm = self.entries[0].algorithm if self.entries else "sha256"
         self._stop = threading.Event()
         self._digests: dict[str, dict[str, str]] = {}
+        self._observed: dict[str, dict[str, hashlib._Hash]] = {}
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
 
+    def take(self, name: str) -> Callable[[memoryview], None] | None:
+        """The digest of member ``name`` computed by whoever reads all of its bytes in order
+        (the copy), through the function returned; None when the manifest lists it not."""
+        algorithms = sorted({e.algorithm for e in self.entries if e.name == name})
+        if not algorithms or name in self._observed:
+            return None
+        hashers = self._observed[name] = {a: hashlib.new(a) for a in algorithms}
+
+        def observe(view: memoryview) -> None:
+            for h in hashers.values():
+                h.update(view)
+        return observe
+
     def _run(self) -> None:
-        listed = [self.pkg.member(e.name) for e in self.entries]
+        listed = [self.pkg.member(e.name) for e in self.entries if e.name not in self._observed]
         try:
             self._digests = hash_members(self.pkg, [m for m in listed if m is not None],
                                          {e.algorithm for e in self.entries}, stop=self._stop)
@@ -346,6 +397,8 @@ class _ManifestCheck:
             raise self._error
         if self.mf is None:  # unreachable: no manifest, no thread
             return
+        for name, hashers in self._observed.items():
+            self._digests[name] = {a: h.hexdigest() for a, h in hashers.items()}
         problems = []
         for e in self.entries:
             got = self._digests.get(e.name, {}).get(e.algorithm)
@@ -429,18 +482,20 @@ class _CopyPlan:
     reader: VmdkReader
     fd: int                 # the member's file (reader's), for large positioned reads
     grains: int
-    payload: int
+    payload: int            # (with ``check``: counted as the copy reads the markers)
     populated: int
     as_is: bool             # the member's bytes after the head are what re-framing gives
     head: bytes | None      # and, when not None, the head to write instead of the input's
     file_name: str
     adapter_type: str
+    check: GrainCheck | None = None  # the markers, checked while copying (table layout)
 
     def read_at(self, offset: int, n: int) -> bytes:
         return os.pread(self.fd, n, self.member.offset + offset)
 
     def copy(self, write: Callable[[bytes | bytearray | memoryview], object],
-             progress: Callable[[int, int], None] | None) -> CopyStats:
+             progress: Callable[[int, int], None] | None,
+             observe: Callable[[memoryview], object] | None = None) -> CopyStats:
         if not self.as_is:
             return copy_stream_vmdk(self.reader, write, file_name=self.file_name,
                                     adapter_type=self.adapter_type,
@@ -448,11 +503,22 @@ class _CopyPlan:
         started = time.perf_counter()
         if self.head is not None:
             write(self.head)
-        copy_member(self.read_at, self.member.size, write,
-                    start=0 if self.head is None else len(self.head))
+        total = self.member.size
+
+        def counted(data: bytes | bytearray | memoryview) -> None:
+            write(data)
+            if progress is not None:
+                progress(len(data), total)
+        copy_member(self.fd, self.member.offset, total, counted,
+                    start=0 if self.head is None else len(self.head), observe=observe,
+                    check=self.check)
+        payload = self.payload
+        if self.check is not None:
+            self.check.finish()
+            payload = self.check.payload_bytes
         return CopyStats(capacity_bytes=self.reader.capacity_bytes,
                          bytes_written=self.member.size, grains_copied=self.grains,
-                         payload_bytes=self.payload, populated_bytes=self.populated,
+                         payload_bytes=payload, populated_bytes=self.populated,
                          input_layout="spec, copied as is" if self.head is None
                          else "spec, new head, grains and tables copied as they are",
                          ids_carried=True,
@@ -460,9 +526,11 @@ class _CopyPlan:
 
 
 def _copyable(pkg: Package, member: Member, stack: contextlib.ExitStack, *, file_name: str,
-              adapter_type: str) -> _CopyPlan | None:
+              adapter_type: str, trust_tables: bool = True) -> _CopyPlan | None:
     """How to copy ``member``'s grains; None when the disk must be re-encoded (not a
-    stream-optimized VMDK, or grains that are not zlib streams)."""
+    stream-optimized VMDK, or grains that are not zlib streams).  ``trust_tables``: a
+    GD-at-end stream whose tables place it in the spec layout is planned from them (a few
+    reads), its markers checked while it is copied (LayoutDiffers: plan again without)."""
     try:
         scan = pkg.open_vmdk(member)
     except UnsupportedError:
@@ -471,19 +539,32 @@ def _copyable(pkg: Package, member: Member, stack: contextlib.ExitStack, *, file
         if _looks_like_vmdk(pkg, member):
             raise  # a damaged stream VMDK: refused, not re-encoded from what we can guess
         return None
+    # Grains are read in order: a large buffer turns ~3 small reads per grain into few.
+    f = stack.enter_context(pkg.open(member, buffering=_READ_BUFFER))
+    reader = pkg.open_vmdk(member, fileobj=f)
+    fd = f.fileno()
+
+    def read_at(offset: int, n: int) -> bytes:
+        return os.pread(fd, n, member.offset + offset)
     with scan:
+        placed = table_grains(scan) if trust_tables else None
+        if placed is not None:
+            as_is, head = copies_as_is(scan, placed, member.size, read_at,
+                                       file_name=file_name, adapter_type=adapter_type)
+            if as_is:
+                h = scan.header
+                populated = sum(min(h.grain_sectors, h.capacity_sectors - g[0])
+                                for g in placed) * L.SECTOR
+                return _CopyPlan(member, reader, fd, len(placed), 0, populated, True, head,
+                                 file_name, adapter_type, GrainCheck(placed, read_at))
         found = zlib_grains(scan)
     if found is None:
         return None
     grains, populated = found
-    # Grains are read in order: a large buffer turns ~3 small reads per grain into few.
-    f = stack.enter_context(pkg.open(member, buffering=_READ_BUFFER))
-    plan = _CopyPlan(member, pkg.open_vmdk(member, fileobj=f), f.fileno(), len(grains),
-                     sum(g[2] for g in grains), populated, False, None, file_name,
-                     adapter_type)
-    as_is, head = copies_as_is(plan.reader, grains, member.size, plan.read_at,
+    as_is, head = copies_as_is(reader, grains, member.size, read_at,
                                file_name=file_name, adapter_type=adapter_type)
-    return dataclasses.replace(plan, as_is=as_is, head=head)
+    return _CopyPlan(member, reader, fd, len(grains), sum(g[2] for g in grains), populated,
+                     as_is, head, file_name, adapter_type)
 
 
 def _looks_like_vmdk(pkg: Package, member: Member) -> bool:

@@ -22,7 +22,6 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from .cert import check_signature, parse_certificate_file
 from .errors import FormatError, Finding, UnsupportedError, location
 from .manifest import parse_manifest
 from .ovf import targets
@@ -258,6 +257,7 @@ def verify(path: str | os.PathLike[str], *, strict: bool = False, deep: bool = F
                                                 "%s is not listed" % name))
     if cert_member is not None and mf_member is not None:
         try:
+            from .cert import check_signature, parse_certificate_file  # only when signed
             cert = parse_certificate_file(pkg.read_small(cert_member),
                                           path=pkg.location(cert_member))
             result.findings += check_signature(

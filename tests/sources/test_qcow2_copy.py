@@ -121,7 +121,8 @@ def test_the_span_cache_never_serves_engine_bytes_for_copied_grains(
         assert stats.grains_copied == 21
     forced_again, stats = _to(tmp_path, "forced2", image, recompress=True, cache=cache)
     assert stats.cache is not None
-    assert stats.cache["hits"] == (2 if stats.cache["used"] else 0)  # OVFSTREAM_PURE: unused
+    if stats.cache["used"]:  # (not under OVFSTREAM_PURE: the engine is not reproducible)
+        assert stats.cache["hits"] > 0 and stats.cache["misses"] == 0
     assert forced_again.read_bytes() == (tmp_path / "forced" / "d.vmdk").read_bytes()
 
 

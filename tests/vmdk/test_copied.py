@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from ovfstream.engine import get_engine
 from ovfstream.vmdk import layout as L
 from ovfstream.vmdk.copied import ZLIB_HEAD, encode_copied_span
-from ovfstream.vmdk.writer import _codec, _encode_into
+from ovfstream.vmdk.writer import _codec, encode_span_into
 
 N = 8
 G = L.GRAIN_BYTES
@@ -46,7 +46,7 @@ def test_mixed_span_frames_like_the_engine(kinds, copied, seed, lba):
     streams = {i: _deflate(span[i * G:(i + 1) * G]) for i in copied}
 
     def run(out, view, first_lba, n):
-        return _encode_into(engine, local, out, view, first_lba, n)
+        return encode_span_into(engine, local, out, view, first_lba, n)
     mixed = bytearray(_codec.SPAN_FRAMED_BYTES)
     n, gt_rel, prints, payload, n_copied = encode_copied_span(run, mixed, span, lba, N, streams)
     plain = bytearray(_codec.SPAN_FRAMED_BYTES)

@@ -39,8 +39,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from ..errors import UsageError
 from .model import (
     CONTROLLERS,
@@ -399,6 +397,7 @@ def load_table(path: str | os.PathLike[str], *, what: str,
         data = handle.read(MAX_SPEC_BYTES + 1)
     if len(data) > MAX_SPEC_BYTES:
         raise UsageError("%s: %s is larger than %d bytes" % (what, spec_path, MAX_SPEC_BYTES))
+    import yaml  # here: a run without a YAML spec does not load the parser
     try:
         if suffix == ".toml":
             loaded: object = tomllib.loads(data.decode("utf-8"))

@@ -15,9 +15,14 @@ and descriptor text, so the output is still a function of the input only.
 
 from __future__ import annotations
 
+import mmap
+import os
+import queue
 import re
+import threading
 import time
 from array import array
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -30,7 +35,7 @@ from .reader import VmdkReader
 from .writer import StreamVmdkWriter
 
 __all__ = ["CopyStats", "is_zlib_head", "zlib_grains", "carried_ids", "copy_stream_vmdk",
-           "copies_as_is", "copy_member"]
+           "copies_as_is", "copy_member", "table_grains", "GrainCheck", "LayoutDiffers"]
 
 Write = Callable[[bytes | bytearray | memoryview], object]
 
@@ -144,17 +149,163 @@ def _framed_bytes(size: int) -> int:
     return L.sectors_for(_GRAIN_HEAD.size + size) * L.SECTOR
 
 
-def copy_member(read_at: Callable[[int, int], bytes], size: int, write: Write, *,
-                start: int = 0, chunk: int = 8 << 20) -> None:
-    """The member's bytes from ``start`` on as they are, in large reads."""
-    done = start
-    while done < size:
-        data = read_at(done, min(chunk, size - done))
-        if not data:
-            raise VmdkFormatError("vmdk.truncated", "the file ends %d bytes early"
-                                  % (size - done), offset=done)
-        write(data)
-        done += len(data)
+class LayoutDiffers(Exception):
+    """The grain markers disagree with the tables :func:`table_grains` read (a damaged or
+    unusual input): the caller redoes the copy from the marker walk."""
+
+
+def table_grains(reader: VmdkReader) -> list[Grain] | None:
+    """The grains where a GD-at-end stream's tables put them, in file order, each sized to
+    fill its sectors up to the next grain (or its span's GT marker), without the marker walk:
+    a few table reads instead of one read per grain.  None when the tables cannot be read
+    that way (another layout, zeroed entries, grains out of LBA order); the markers are
+    checked as the member is copied (:class:`GrainCheck`)."""
+    h = reader.header
+    if h.gd_offset_sectors != L.GD_AT_END or reader.size is None:
+        return None
+    footer, _ = reader.tail_footer()
+    gd = footer.gd_offset_sectors
+    entries = array("I", reader.grain_directory(gd))
+    grains: list[Grain] = []
+    per_gt = h.gtes_per_gt
+    for span, entry in enumerate(entries):
+        if not entry:
+            continue
+        table = array("I", reader.grain_table(entry, span, gd))
+        first = span * per_gt
+        placed = sorted((sector, first + i) for i, sector in enumerate(table) if sector)
+        end = (entry - 1) * L.SECTOR  # the span's GT marker
+        for k, (sector, g) in enumerate(placed):
+            lba = g * h.grain_sectors
+            stop = placed[k + 1][0] * L.SECTOR if k + 1 < len(placed) else end
+            size = stop - sector * L.SECTOR - _GRAIN_HEAD.size
+            if (sector == L.GTE_ZEROED or lba >= h.capacity_sectors or size <= 0
+                    or grains and (lba <= grains[-1][0] or sector * L.SECTOR <= grains[-1][1])):
+                return None
+            grains.append((lba, sector * L.SECTOR, size))
+    return grains
+
+
+class GrainCheck:
+    """Checks, piece by piece as the member is read, that each grain marker is what
+    :func:`table_grains` placed there: its LBA, a size that fills its sectors, within the
+    limit, and a zlib head.  Raises :class:`LayoutDiffers` otherwise."""
+
+    def __init__(self, grains: Sequence[Grain], read_at: Callable[[int, int], bytes]) -> None:
+        self._grains = grains
+        self._read_at = read_at
+        self._next = 0
+        self.payload_bytes = 0
+        self._heads: dict[bytes, bool] = {}
+
+    def __call__(self, offset: int, view: memoryview) -> None:
+        grains = self._grains
+        end = offset + len(view)
+        i = self._next
+        unpack = _GRAIN_HEAD.unpack_from
+        while i < len(grains) and grains[i][1] < end:
+            lba, pos, room = grains[i]
+            if pos + _GRAIN_HEAD.size + 2 <= end:
+                at = pos - offset
+                marker_lba, size = unpack(view, at)
+                head = bytes(view[at + 12:at + 14])
+            else:  # the marker crosses into the next piece
+                raw = self._read_at(pos, _GRAIN_HEAD.size + 2)
+                marker_lba, size = unpack(raw, 0)
+                head = raw[12:14]
+            if (marker_lba != lba or not room - L.SECTOR < size <= room or size < 2
+                    or size > L.MAX_GRAIN_PAYLOAD or not self._zlib(head)):
+                raise LayoutDiffers("grain marker at byte %d" % pos)
+            self.payload_bytes += size
+            i += 1
+        self._next = i
+
+    def _zlib(self, head: bytes) -> bool:
+        ok = self._heads.get(head)
+        if ok is None:
+            ok = self._heads[head] = is_zlib_head(head)
+        return ok
+
+    def finish(self) -> None:
+        if self._next != len(self._grains):
+            raise LayoutDiffers("%d grains not seen" % (len(self._grains) - self._next))
+
+
+def copy_member(fd: int, base: int, size: int, write: Write, *, start: int = 0,
+                observe: Callable[[memoryview], object] | None = None,
+                check: Callable[[int, memoryview], None] | None = None,
+                chunk: int = 8 << 20, depth: int = 4) -> None:
+    """The member's bytes [start, size) (at ``base`` in ``fd``) through ``write``, as they
+    are.  A thread reads ahead into page-aligned buffers (a cold input's reads overlap the
+    writes; O_DIRECT output takes them without a copy) and runs ``check(offset, piece)`` on
+    each piece; ``observe`` sees every byte from 0 (the input's digest) on another thread
+    while the piece is written."""
+    first = 0 if observe is not None or check is not None else start - start % L.SECTOR
+    free: queue.Queue[mmap.mmap | None] = queue.Queue()
+    for _ in range(depth):
+        free.put(mmap.mmap(-1, chunk))
+    full: queue.Queue[tuple[mmap.mmap, int, int] | BaseException | None] = queue.Queue()
+    stop = threading.Event()
+
+    def read_ahead() -> None:
+        at = first
+        try:
+            while at < size and not stop.is_set():
+                buf = free.get()
+                if buf is None or stop.is_set():
+                    return
+                n = min(chunk, size - at)
+                got = 0
+                view = memoryview(buf)
+                while got < n:
+                    k = os.preadv(fd, [view[got:n]], base + at + got)
+                    if not k:
+                        raise VmdkFormatError("vmdk.truncated", "the file ends %d bytes "
+                                              "early" % (size - at - got), offset=at + got)
+                    got += k
+                if check is not None:
+                    check(at, view[:n])
+                full.put((buf, at, n))
+                at += n
+        except BaseException as exc:  # handed to the writing thread, which raises it
+            full.put(exc)
+            return
+        full.put(None)
+
+    reader = threading.Thread(target=read_ahead, name="ovfstream-copy-read")
+    observer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ovfstream-copy-digest") \
+        if observe is not None else None
+    pending: list[tuple[mmap.mmap, Future[object] | None]] = []  # written, maybe digesting
+    reader.start()
+    try:
+        while True:
+            item = full.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            buf, at, n = item
+            view = memoryview(buf)[:n]
+            seen = observer.submit(observe, view) if observer is not None else None
+            pending.append((buf, seen))
+            if at + n > start:
+                write(view[max(0, start - at):])
+            # A buffer goes back to the reader once its digest is done; half of them may wait.
+            while pending and (len(pending) > depth // 2 or pending[0][1] is None
+                               or pending[0][1].done()):
+                done, seen = pending.pop(0)
+                if seen is not None:
+                    seen.result()
+                free.put(done)
+        for _, seen in pending:
+            if seen is not None:
+                seen.result()
+    finally:
+        stop.set()
+        free.put(None)  # wakes a reader waiting for a buffer
+        reader.join()
+        if observer is not None:
+            observer.shutdown(wait=True)
 
 
 def carried_ids(reader: VmdkReader) -> tuple[tuple[str, str, str], bool]:

@@ -163,27 +163,35 @@ def _release_tail(buffer: mmap.mmap, used: int) -> None:
         buffer.madvise(mmap.MADV_DONTNEED, start, len(buffer) - start)
 
 
-def _encode_into(engine: Engine, local: threading.local, out: Any, view: memoryview,
-                 first_lba: int, n_grains: int) -> tuple[int, bytes, bytes, int]:
-    """engine.encoder.encode_span_into with the calling thread's engine state (kept in
-    ``local``; ISA-L's at a fixed kind of address).  One interface whatever the engine's
-    path (the native span encoder, or the span codec around a per-grain callable)."""
+def encode_span_into(engine: Engine, local: threading.local, out: Any, view: memoryview,
+                     first_lba: int, n_grains: int) -> tuple[int, bytes, bytes, int]:
+    """Frame ``n_grains`` grains of ``view`` at the start of ``out`` (at least
+    n_grains * MAX_FRAMED_BYTES long): (bytes of it used, gt_rel, prints, payload).
+    ``local`` keeps the calling thread's engine state.  One interface whatever the engine's
+    path (engine.encoder: the native span encoder, or the span codec around a per-grain
+    callable)."""
     encoder = engine.encoder
     streams = local.__dict__.setdefault("streams", {})
-    if encoder not in streams:
+    if encoder not in streams:  # this thread's state (ISA-L: at a fixed kind of address)
         streams[encoder] = encoder.new_stream()
-    return encoder.encode_span_into(out, view, first_lba, n_grains,  # type: ignore[no-any-return]
-                                    streams[encoder])
+    return encoder.encode_span_into(out, view, first_lba, n_grains, streams[encoder])  # type: ignore[no-any-return]
 
 
 def encode_span(engine: Engine, local: threading.local, take_buffer: Callable[[], Any],
-                view: memoryview, first_lba: int, n_grains: int
-                ) -> tuple[Any, int, bytes, bytes, int]:
-    """One span's framed grains: (buffer, bytes of it used, gt_rel, prints, payload).
-    ``local`` keeps the calling thread's engine state; ``take_buffer`` gives a buffer of
-    SPAN_FRAMED_BYTES."""
+                view: memoryview, first_lba: int, n_grains: int,
+                session: CacheSession | None = None) -> tuple[Any, int, bytes, bytes, int]:
+    """One span's framed grains: (buffer, bytes of it used, gt_rel, prints, payload);
+    ``take_buffer`` gives a buffer of SPAN_FRAMED_BYTES.  With a cache ``session``, the
+    chunks it holds come from there (cache.py)."""
     out = take_buffer()
-    return (out, *_encode_into(engine, local, out, view, first_lba, n_grains))
+
+    def compress_into(dest: memoryview, raw: memoryview, lba: int, n: int
+                      ) -> tuple[int, bytes, bytes, int]:
+        return encode_span_into(engine, local, dest, raw, lba, n)
+    if session is None:
+        return (out, *compress_into(out, view, first_lba, n_grains))
+    with memoryview(out) as dest:
+        return (out, *session.encode_into(dest, view, first_lba, n_grains, compress_into))
 
 
 def encode_plan(source: DiskSource, plan: SpanPlan, buf: Any, engine: Engine,
@@ -192,27 +200,30 @@ def encode_plan(source: DiskSource, plan: SpanPlan, buf: Any, engine: Engine,
     """Read one span of ``source`` into ``buf`` and encode it (in a worker thread, here or
     on a remote worker: farm.py).  A qcow2's compressed clusters of one grain are copied
     (vmdk/copied.py) unless ``recompress``; a span holding any bypasses the cache, which
-    keys engine output by the raw bytes.  Else the span goes through ``session`` when given
-    (a hit skips the engine), or the engine."""
+    keys engine output by the raw bytes.  Else as encode_span (through ``session``)."""
     first_lba = plan.index * L.SPAN_GRAINS * L.GRAIN_SECTORS
     if not recompress and getattr(source, "copies_deflate", False):
         view, streams = source.read_span_deflate(plan, buf)  # type: ignore[attr-defined]
         if streams:
             def run(out: memoryview, part: memoryview, lba: int, n: int
                     ) -> tuple[int, bytes, bytes, int]:
-                return _encode_into(engine, local, out, part, lba, n)
+                return encode_span_into(engine, local, out, part, lba, n)
             out = take_buffer()
             return (out, *encode_copied_span(run, out, view, first_lba, plan.n_grains,
                                              streams))
     else:
         view = source.read_span(plan, buf)
+    return (*encode_span(engine, local, take_buffer, view, first_lba, plan.n_grains, session), 0)
 
-    def compress_span(view: memoryview, first_lba: int, n_grains: int
-                      ) -> tuple[Any, int, bytes, bytes, int]:
-        return encode_span(engine, local, take_buffer, view, first_lba, n_grains)
-    if session is not None:  # a hit skips compress_span only
-        return (*session.encode(view, first_lba, plan.n_grains, compress_span, take_buffer), 0)
-    return (*compress_span(view, first_lba, plan.n_grains), 0)
+
+def _prefetched(source: DiskSource) -> Iterator[SpanPlan]:
+    """The source's spans in order; as each is handed to a worker, the next one's reads are
+    started (DiskSource.prefetch), so input I/O overlaps compression."""
+    plans = source.spans()
+    for i, plan in enumerate(plans):
+        if i + 1 < len(plans):
+            source.prefetch(plans[i + 1])
+        yield plan
 
 
 def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engine: Engine,
@@ -266,7 +277,7 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
     # worker done meanwhile sat idle), one more span waits queued for the first free worker.
     # Each span in flight holds a framed buffer of up to 33 MB, so no more.
     results = (remote(source, engine) if remote is not None else
-               ordered_map(encode, source.spans(), workers=workers, window=workers + 2))
+               ordered_map(encode, _prefetched(source), workers=workers, window=workers + 2))
     try:
         for plan, framed, n_framed, gt_rel, prints, payload, copied in results:
             with memoryview(framed) as used:
