@@ -8,9 +8,10 @@ Spreading one disk (``pack DISK --executor ...``): the local process opens the d
 the span plan, the sample key of the descriptor and the change check) and sends each worker
 only what it needs to read and encode one span itself -- the path, the input format, the
 span plan, the engine's name and level (and the version string it must match), the cache
-folder and ``recompress`` (a qcow2's compressed clusters are copied there as here); the worker opens the disk on the shared storage, reads the span, encodes it (through
-the cache when there is one) and returns the framed bytes, the grain table relative to the
-span, the fingerprints and the payload size.  The local writer places them in order, so the
+folder and ``recompress`` (a qcow2's compressed clusters are copied there as here); the
+worker opens the disk on the shared storage, reads the span, encodes it (through the cache
+when there is one) and returns the framed bytes, the grain table relative to the span, the
+fingerprints, the payload size and how many grains it copied.  The local writer places them in order, so the
 output is the local pack's, byte for byte.  At most ``window`` spans are in flight: the
 memory is bounded by the window, not the disk.
 
