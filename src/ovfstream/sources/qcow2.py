@@ -187,8 +187,7 @@ class Qcow2Source(DiskSource):
                               "more (cluster_bits %d)" % cluster_bits, 20)
         self.compression = compression
         # Whether read_span_deflate can find grains to copy: deflate clusters of one grain.
-        self.copies_deflate = (compression == COMPRESSION_DEFLATE and cs == GRAIN_BYTES
-                               and rawinflate.AVAILABLE)
+        self.copies_deflate = compression == COMPRESSION_DEFLATE and cs == GRAIN_BYTES
         if size == 0:
             raise UsageError("%s: the qcow2 image's virtual size is 0; a disk needs a capacity"
                              % self.path)

@@ -5,14 +5,19 @@ extension (the libdeflate build every other qcow2 cluster is inflated with) thro
 which releases the GIL for the call.  The package's Python API returns new bytes and does
 not say how much input the stream took; copying a qcow2 cluster into a VMDK grain needs that
 length, and inflating straight into the span buffer saves a copy of every cluster.
+
+Where that symbol cannot be loaded, the standard library's zlib does the same job (slower,
+one copy more): whether a cluster is copied must never depend on the machine, or the same
+image and settings would give other bytes there.
 """
 
 from __future__ import annotations
 
 import ctypes
 import threading
+import zlib
 
-__all__ = ["AVAILABLE", "inflate_into", "SUCCESS", "BAD_DATA", "INSUFFICIENT_SPACE"]
+__all__ = ["NATIVE", "inflate_into", "SUCCESS", "BAD_DATA", "INSUFFICIENT_SPACE"]
 
 SUCCESS, BAD_DATA, INSUFFICIENT_SPACE = 0, 1, 3   # enum libdeflate_result
 
@@ -35,7 +40,7 @@ def _load() -> tuple[object, object, object] | None:
 
 
 _LIB = _load()
-AVAILABLE = _LIB is not None
+NATIVE = _LIB is not None  # libdeflate through ctypes; else zlib (same results)
 _local = threading.local()
 
 
@@ -60,6 +65,8 @@ def inflate_into(data: bytes, out: memoryview) -> tuple[int, int, int]:
     """Inflate the raw deflate stream at the start of ``data`` into writable ``out``:
     (libdeflate result, input bytes the stream took, bytes written).  SUCCESS means the
     stream ended inside ``data`` and fit in ``out``; INSUFFICIENT_SPACE that it makes more."""
+    if _LIB is None:
+        return _zlib_inflate_into(data, out)
     d = getattr(_local, "decompressor", None)
     if d is None:
         d = _local.decompressor = _Decompressor()
@@ -70,3 +77,18 @@ def inflate_into(data: bytes, out: memoryview) -> tuple[int, int, int]:
     finally:
         del target  # the buffer export ends here: the caller's mmap may close later
     return rc, d.used.value, d.made.value
+
+
+def _zlib_inflate_into(data: bytes, out: memoryview) -> tuple[int, int, int]:
+    """inflate_into with the standard library: the same three outcomes."""
+    inflater = zlib.decompressobj(-15)
+    try:
+        made = inflater.decompress(data, len(out) + 1)
+    except zlib.error:
+        return BAD_DATA, 0, 0
+    if len(made) > len(out):
+        return INSUFFICIENT_SPACE, 0, len(out)
+    if not inflater.eof:  # the stream goes on past ``data`` (or stopped short of its end)
+        return BAD_DATA, 0, len(made)
+    out[:len(made)] = made
+    return SUCCESS, len(data) - len(inflater.unused_data), len(made)
