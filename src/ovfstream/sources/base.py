@@ -175,10 +175,6 @@ class DiskSource:
     def _read_extent(self, offset: int, view: memoryview) -> None:
         raise NotImplementedError
 
-    def prefetch(self, plan: SpanPlan) -> None:
-        """A hint that ``plan`` is read next: start its reads now, so a cold page cache
-        fills while the workers compress the spans before it.  Optional (default: none)."""
-
     def read_at(self, offset: int, length: int) -> bytes:
         """``length`` bytes of the virtual disk at ``offset`` (zeros outside the extents);
         a random-access read, for the sample key.  Sequential sources override it."""

@@ -17,7 +17,7 @@ import os
 import stat
 
 from ..errors import UsageError
-from .base import DiskSource, Extent, SpanPlan
+from .base import DiskSource, Extent
 from .detect import check_input_format, require_input_format
 
 __all__ = ["RawSource", "data_extents"]
@@ -57,15 +57,6 @@ class RawSource(DiskSource):
 
     def _read_extent(self, offset: int, view: memoryview) -> None:
         self._file.pread_into(view, offset)
-
-    def prefetch(self, plan: SpanPlan) -> None:
-        # WILLNEED queues the readahead and returns: the span's bytes arrive while the
-        # workers compress what is before it (nothing changes once the file is cached).
-        for start, end in plan.extents:
-            try:
-                os.posix_fadvise(self._file.fd, start, end - start, os.POSIX_FADV_WILLNEED)
-            except OSError:  # a hint: a file system or device that refuses it loses nothing
-                return
 
 
 def data_extents(fd: int, start: int, end: int) -> list[Extent]:

@@ -216,16 +216,6 @@ def encode_plan(source: DiskSource, plan: SpanPlan, buf: Any, engine: Engine,
     return (*encode_span(engine, local, take_buffer, view, first_lba, plan.n_grains, session), 0)
 
 
-def _prefetched(source: DiskSource) -> Iterator[SpanPlan]:
-    """The source's spans in order; as each is handed to a worker, the next one's reads are
-    started (DiskSource.prefetch), so input I/O overlaps compression."""
-    plans = source.spans()
-    for i, plan in enumerate(plans):
-        if i + 1 < len(plans):
-            source.prefetch(plans[i + 1])
-        yield plan
-
-
 def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engine: Engine,
                       workers: int, adapter_type: str = "lsilogic",
                       progress: Callable[[int, int], None] | None = None,
@@ -277,7 +267,7 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
     # worker done meanwhile sat idle), one more span waits queued for the first free worker.
     # Each span in flight holds a framed buffer of up to 33 MB, so no more.
     results = (remote(source, engine) if remote is not None else
-               ordered_map(encode, _prefetched(source), workers=workers, window=workers + 2))
+               ordered_map(encode, source.spans(), workers=workers, window=workers + 2))
     try:
         for plan, framed, n_framed, gt_rel, prints, payload, copied in results:
             with memoryview(framed) as used:
