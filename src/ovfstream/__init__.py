@@ -45,6 +45,9 @@ _HOMES = {
 
 
 def __getattr__(name: str) -> object:
+    if name == "__version__":  # looked up on first use (it may read pyproject.toml)
+        value = globals()[name] = _version()
+        return value
     home = _HOMES.get(name)
     if home is None:
         raise AttributeError("module 'ovfstream' has no attribute %r" % name)
@@ -71,7 +74,7 @@ sys.modules[__name__].__class__ = _Package
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOMES))
+    return sorted(set(globals()) | set(_HOMES) | {"__version__"})
 
 
 
@@ -105,7 +108,6 @@ def _version() -> str:
         return "0+unknown"  # neither installed nor in its source tree (e.g. copied files)
 
 
-__version__ = _version()
 
 __all__ = [
     "__version__",

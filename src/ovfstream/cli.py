@@ -16,16 +16,53 @@ import threading
 import time
 from typing import Any, Iterator, Sequence
 
-from . import __version__
 from .display import printable, rich_text
 from .errors import FormatError, OvfstreamError, UnsupportedError, UsageError
 
 EXIT_OK, EXIT_CHECK, EXIT_USAGE = 0, 1, 2
 
 
+# In help texts, replaced by the target presets' names when help is printed: a run that
+# prints no help never loads the presets (ovf/targets.py and lxml).
+_TARGET_NAMES = "{target names}"
+
+
+class _Formatter(argparse.HelpFormatter):
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        if text and _TARGET_NAMES in text:
+            from .ovf.targets import target_names
+            text = text.replace(_TARGET_NAMES, ", ".join(target_names()))
+        return text
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> Any:  # argparse exits 2 itself; keep it, say it our way
         raise UsageError(message)
+
+
+class _Version(argparse.Action):
+    """--version: the text is made when asked for (the version lookup reads pyproject.toml
+    or the installed metadata)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS,
+                 default: str = argparse.SUPPRESS, help: str | None = None) -> None:
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0,
+                         help=help or "show the version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: object, option_string: str | None = None) -> None:
+        from . import __version__
+        from .vmdk.writer import NATIVE  # the compiled core, or the pure-Python twin (slower)
+        sys.stdout.write("ovfstream %s (%s, Python %s)\n" % (
+            __version__, "native core" if NATIVE else
+            "pure-Python core: ovfstream._grains is absent",
+            ".".join(map(str, sys.version_info[:3]))))
+        parser.exit()
 
 
 def _common(p: argparse.ArgumentParser, *, engine: bool = True) -> None:
@@ -95,13 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ovfstream",
                      description="Raw disk images to stream-optimized VMDKs and OVF/OVA "
                                  "appliances, in one pass.")
-    from .vmdk.writer import NATIVE  # the compiled core, or the pure-Python twin (slower)
-    parser.add_argument("--version", action="version", version="ovfstream %s (%s, Python %s)" % (
-        __version__, "native core" if NATIVE else "pure-Python core: ovfstream._grains is absent",
-        ".".join(map(str, sys.version_info[:3]))))
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    from .ovf.targets import target_names  # loaded with the package already (pack.py)
-    target_names_text = ", ".join(target_names())
 
     p = sub.add_parser("convert", help="raw image -> bare stream-optimized VMDK")
     p.add_argument("source", help="disk image (file or block device), or - for a raw disk on "
@@ -122,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="NAME.ova, DIR/NAME.ovf (folder form) or - (OVA on stdout)")
     p.add_argument("--spec", help="VM description file (.toml, .yaml, .json); flags override it")
     p.add_argument("--target", metavar="NAME",
-                   help="import target preset (ovfstream targets): " + target_names_text + "; "
+                   help="import target preset (ovfstream targets): " + _TARGET_NAMES + "; "
                         "flags and spec keys override it; default: generic")
     vm = p.add_argument_group("virtual machine (override --spec)")
     vm.add_argument("--name", help="VM name (default: the output's name)")
@@ -160,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "or a package folder")
     r.add_argument("-o", "--output", required=True,
                    help="NAME.ova, DIR/NAME.ovf (folder form) or - (OVA on stdout)")
-    r.add_argument("--target", metavar="NAME", help="import target preset: " + target_names_text)
+    r.add_argument("--target", metavar="NAME", help="import target preset: " + _TARGET_NAMES)
     r_vm = r.add_argument_group("virtual machine (override the input's)")
     for action in vm._group_actions:  # pack's VM flags, the same spelling and checks
         r_vm._add_action(action)
@@ -213,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="threads inflating grains for --deep (default: the CPUs available)")
     p.add_argument("--target", metavar="NAME",
                    help="also lint against what this importer reads (target.* findings): "
-                        + target_names_text)
+                        + _TARGET_NAMES)
     p.add_argument("--schema-dir", help="folder with the DMTF XSDs (ovf-1.0.0/, ovf-1.1.1/, "
                                         "ovf-2.0.1/) for --strict; default: "
                                         "$OVFSTREAM_SCHEMA_DIR, then "

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from .atomic import atomic_output
-from .cache import SpanCache, open_cache
 from .engine import get_engine
 from .errors import UsageError
 from .outputs import Inputs
 from .pipeline import check_workers
 from .sources import open_source
 from .vmdk.writer import DiskStats, write_stream_vmdk
+
+if TYPE_CHECKING:
+    from .cache import SpanCache
 
 __all__ = ["convert", "ConvertResult"]
 
@@ -56,7 +58,10 @@ def convert(source: str | os.PathLike[str], output: str | os.PathLike[str], *,
     """
     workers = check_workers(parallel)
     eng = get_engine(engine, level)
-    span_cache = open_cache(cache, cache_max)
+    span_cache = None
+    if cache is not None:  # the cache module loads only when one is used
+        from .cache import open_cache
+        span_cache = open_cache(cache, cache_max)
     out = os.fspath(output)
     if out == "-":
         raise UsageError("convert -o -: a bare VMDK is written to a file; use pack -o - to stream")
