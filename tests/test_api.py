@@ -64,3 +64,24 @@ def test_readme_spec_example_loads(tmp_path):
     assert vm.name == "web" and vm.secure_boot and vm.hw_version == 19
     assert [s.controller for s in vm.disk_slots] == ["nvme", "sata", "scsi"]
     assert vm.eula == "Be nice.\n" and vm.product is not None and vm.product.properties
+
+
+def test_names_and_submodules_load_on_first_use():
+    """The package imports nothing up front; its public names and its submodules are
+    attributes all the same, and a function keeps its name over its module's."""
+    code = (
+        "import sys, ovfstream\n"
+        "assert 'ovfstream.cert' not in sys.modules and 'ovfstream.pack' not in sys.modules\n"
+        "assert ovfstream.errors.UsageError is ovfstream.UsageError\n"
+        "assert ovfstream.cache.SpanCache is ovfstream.SpanCache\n"
+        "import ovfstream.pack, ovfstream.verify\n"
+        "assert callable(ovfstream.pack) and callable(ovfstream.verify)\n"
+        "assert ovfstream.pack.__module__ == 'ovfstream.pack'\n"
+        "assert set(ovfstream.__all__) <= set(dir(ovfstream))\n"
+        "try:\n    ovfstream.no_such_name\nexcept AttributeError:\n    pass\n"
+        "else:\n    raise SystemExit('no AttributeError')\n")
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 0, run.stderr

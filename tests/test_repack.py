@@ -420,3 +420,20 @@ def test_repack_bytes_do_not_depend_on_direct_io(packed, tmp_path, monkeypatch, 
     assert (tmp_path / "out" / "web.ova").read_bytes() == src.read_bytes()
     assert verify(tmp_path / "out" / "other.ova", deep=True).ok
     assert renamed.disks[0].copied.payload_bytes > 0  # type: ignore[union-attr]
+
+
+def test_tables_that_do_not_read_are_copied_from_the_walk(packed, tmp_path, monkeypatch):
+    """A GD entry outside the file (the markers intact): the marker walk plans the copy, as
+    before the table planner, instead of the repack failing."""
+    module = sys.modules["ovfstream.repack"]
+    from ovfstream.errors import VmdkFormatError
+
+    def unreadable(reader):
+        raise VmdkFormatError("vmdk.gd.entry", "GD entry 0 points outside the file")
+    monkeypatch.setattr(module, "table_grains", unreadable)
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    _, src = packed
+    (tmp_path / "out").mkdir()
+    result = repack(src, tmp_path / "out" / "web.ova", fsync=False)
+    assert (tmp_path / "out" / "web.ova").read_bytes() == src.read_bytes()
+    assert result.disks[0].copied.grains_copied > 0  # type: ignore[union-attr]

@@ -48,10 +48,15 @@ def __getattr__(name: str) -> object:
     if name == "__version__":  # looked up on first use (it may read pyproject.toml)
         value = globals()[name] = _version()
         return value
+    import importlib
+    import importlib.util
     home = _HOMES.get(name)
     if home is None:
-        raise AttributeError("module 'ovfstream' has no attribute %r" % name)
-    import importlib
+        # A submodule (ovfstream.errors, .cache, ...), reachable as an attribute as it was
+        # when this file imported everything up front.
+        if name.startswith("_") or importlib.util.find_spec("." + name, __name__) is None:
+            raise AttributeError("module 'ovfstream' has no attribute %r" % name)
+        return importlib.import_module("." + name, __name__)
     value = getattr(importlib.import_module("." + home, __name__), name)
     globals()[name] = value  # once: later lookups do not come back here
     return value

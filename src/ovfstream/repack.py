@@ -200,9 +200,11 @@ def repack(package: PathLike, output: PathLike | BinaryIO, *,
     try:
         return _repack(package, output, trust_tables=True, **args)  # type: ignore[arg-type]
     except LayoutDiffers:
-        # A disk's grain markers disagree with its tables: nothing was put in place (the
-        # output is atomic, a stream is spooled until the end); redo it from the markers.
-        return _repack(package, output, trust_tables=False, **args)  # type: ignore[arg-type]
+        pass
+    # A disk's grain markers disagree with its tables: nothing was put in place (the output
+    # is atomic, a stream is spooled until the end); redo it from the markers (outside the
+    # handler, so the first attempt's frames and buffers are gone).
+    return _repack(package, output, trust_tables=False, **args)  # type: ignore[arg-type]
 
 
 def _repack(package: PathLike, output: PathLike | BinaryIO, *, trust_tables: bool,
@@ -547,7 +549,12 @@ def _copyable(pkg: Package, member: Member, stack: contextlib.ExitStack, *, file
     def read_at(offset: int, n: int) -> bytes:
         return os.pread(fd, n, member.offset + offset)
     with scan:
-        placed = table_grains(scan) if trust_tables else None
+        placed = None
+        if trust_tables:
+            try:
+                placed = table_grains(scan)
+            except FormatError:  # tables that do not read: the marker walk decides, as before
+                placed = None
         if placed is not None:
             as_is, head = copies_as_is(scan, placed, member.size, read_at,
                                        file_name=file_name, adapter_type=adapter_type)
@@ -559,6 +566,7 @@ def _copyable(pkg: Package, member: Member, stack: contextlib.ExitStack, *, file
                                  file_name, adapter_type, GrainCheck(placed, read_at))
         found = zlib_grains(scan)
     if found is None:
+        f.close()  # re-encoded from another open: do not hold this one until the end
         return None
     grains, populated = found
     as_is, head = copies_as_is(reader, grains, member.size, read_at,

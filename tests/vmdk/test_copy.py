@@ -94,6 +94,22 @@ def test_table_grains_place_the_grains_the_markers_walk(stream_vmdk):
     assert check.payload_bytes == sum(w for _, _, w in walked)
 
 
+def test_table_grains_declines_a_gap_no_grain_can_fill(stream_vmdk):
+    """Each span's GT 1000 sectors further on (its GD entry moved, the table the same): the
+    last grain of a span would have to fill 500 KiB, more than any grain can; the planner
+    declines (the marker walk decides) instead of sizing a buffer from the tables."""
+    from array import array
+    with VmdkReader(stream_vmdk) as reader:
+        real_gd, real_gt = reader.grain_directory, reader.grain_table
+
+        def moved_gd(gd):
+            entries = array("I", real_gd(gd))
+            return array("I", [e + 1000 if e else 0 for e in entries]).tobytes()
+        reader.grain_directory = moved_gd  # type: ignore[method-assign]
+        reader.grain_table = lambda entry, span, gd: real_gt(entry - 1000, span, gd)  # type: ignore[method-assign]
+        assert table_grains(reader) is None
+
+
 def test_a_marker_that_disagrees_with_the_tables_is_caught(stream_vmdk):
     with VmdkReader(stream_vmdk) as reader:
         placed = table_grains(reader)

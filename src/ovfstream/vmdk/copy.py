@@ -179,7 +179,10 @@ def table_grains(reader: VmdkReader) -> list[Grain] | None:
             lba = g * h.grain_sectors
             stop = placed[k + 1][0] * L.SECTOR if k + 1 < len(placed) else end
             size = stop - sector * L.SECTOR - _GRAIN_HEAD.size
+            # A gap wider than a grain can fill is not the spec layout (and a size from the
+            # tables must not size a buffer unbounded): the marker walk decides.
             if (sector == L.GTE_ZEROED or lba >= h.capacity_sectors or size <= 0
+                    or size >= L.MAX_GRAIN_PAYLOAD + L.SECTOR
                     or grains and (lba <= grains[-1][0] or sector * L.SECTOR <= grains[-1][1])):
                 return None
             grains.append((lba, sector * L.SECTOR, size))
