@@ -465,6 +465,9 @@ def _corpus_cert_with_der_patch(marker_hex: str, delta: int, value: int) -> byte
     # Found by the fuzzer: a name attribute whose string tag is not a string type (0x10)
     # made cryptography raise KeyError while rendering the subject.
     ("0603550406130244", 5, 0x10),
+    # Found by the fuzzer in CI: the country name as a BIT STRING (0x03) made cryptography
+    # raise TypeError (only X500_UNIQUE_IDENTIFIER may be one).
+    ("0603550406130244", 5, 0x03),
 ])
 def test_undecodable_certificate_fields_are_format_errors(marker_hex: str, delta: int,
                                                          value: int) -> None:

@@ -270,8 +270,9 @@ def _load_certificate(block: bytes, *, path: str | os.PathLike[str] | None,
     except UnsupportedAlgorithm as exc:
         raise CertificateFormatError("cert.algorithm", "certificate key or signature algorithm is "
                                      "not supported: %s" % exc, path=path, offset=offset) from None
-    except (ValueError, KeyError, x509.InvalidVersion) as exc:
-        # KeyError: cryptography maps a name attribute's ASN.1 string tag through a table
+    except (ValueError, KeyError, TypeError, x509.InvalidVersion) as exc:
+        # KeyError: cryptography maps a name attribute's ASN.1 string tag through a table;
+        # TypeError: a tag the attribute's OID may not have (a BIT STRING country name)
         raise CertificateFormatError("cert.pem", "certificate block does not decode: %s" % exc,
                                      path=path, offset=offset) from None
     return cert
