@@ -272,3 +272,57 @@ def test_repack_reencodes_through_the_cache(make_disk, tmp_path, monkeypatch):
     assert outs[0].read_bytes() == outs[1].read_bytes() == outs[2].read_bytes()
     assert cli.main(["repack", str(hand), "-o", str(tmp_path / "cli.ova"), "--engine", "zlib",
                      "--cache", str(tmp_path / "c"), "-q"]) == 0
+
+
+class _TwoFacedSource:
+    """A random-access source whose bytes change between the key's small reads (``first``)
+    and the whole-chunk read a miss makes (``then``): a file written to during the build."""
+
+    sequential = False
+
+    def __init__(self, first: bytes, then: bytes) -> None:
+        from ovfstream.cache import _KEY_PIECE
+        self._first, self._then, self._piece = first, then, _KEY_PIECE
+        self.whole_reads = 0
+
+    def read_into(self, offset: int, view: memoryview) -> None:
+        whole = len(view) > self._piece
+        self.whole_reads += whole
+        data = self._then if whole else self._first
+        view[:] = data[offset:offset + len(view)]
+
+
+def test_a_miss_keeps_what_it_compressed_and_a_hit_reads_only_its_key(tmp_path):
+    import threading
+    from ovfstream.cache import CHUNK_GRAINS
+    from ovfstream.engine import get_engine
+    from ovfstream.sources.base import SpanPlan
+    from ovfstream.vmdk import layout as L
+    from ovfstream.vmdk.writer import _codec, _compressor
+    chunk = CHUNK_GRAINS * L.GRAIN_BYTES
+    first = write_disk(tmp_path / "a.raw", chunk, [(0, "text", chunk)], seed=1).read_bytes()
+    then = write_disk(tmp_path / "b.raw", chunk, [(0, "text", chunk)], seed=2).read_bytes()
+    engine = get_engine("isal", 1)
+    compress = _compressor(engine, threading.local())
+    plan = SpanPlan(0, CHUNK_GRAINS, ((0, chunk),))
+    buf = bytearray(chunk)
+    cache = SpanCache(tmp_path / "c")
+
+    def run(source):
+        session = cache.session(engine)
+        out = bytearray(_codec.SPAN_FRAMED_BYTES)
+        n, gt, prints, _ = session.encode_from(source, plan, buf, memoryview(out), compress)
+        return session, bytes(out[:n]), gt, prints
+
+    session, _, _, _ = run(_TwoFacedSource(first, then))
+    assert session.misses == 1 and session.stored == 1
+    # kept under the key of the bytes compressed, never under the key of the first read
+    key = session.key(memoryview(then), CHUNK_GRAINS)
+    assert os.path.exists(cache.path_for(key))
+    assert not os.path.exists(cache.path_for(session.key(memoryview(first), CHUNK_GRAINS)))
+    steady = _TwoFacedSource(then, then)
+    session, framed, gt, prints = run(steady)
+    assert session.hits == 1 and steady.whole_reads == 0  # a hit reads only its key
+    want = bytearray(_codec.SPAN_FRAMED_BYTES)
+    n, want_gt, want_prints, _ = compress(memoryview(want), memoryview(then), 0, CHUNK_GRAINS)
+    assert (framed, gt, prints) == (bytes(want[:n]), want_gt, want_prints)

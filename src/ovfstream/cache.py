@@ -44,13 +44,16 @@ import threading
 import time
 from array import array
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import xxhash
 
 from .atomic import TEMP_SUFFIX, atomic_output
 from .errors import UsageError
 from .vmdk import layout as L
+
+if TYPE_CHECKING:
+    from .sources.base import DiskSource, SpanPlan
 
 __all__ = ["SpanCache", "CacheSession", "FRAMING_VERSION", "open_cache"]
 
@@ -68,6 +71,7 @@ _MAX_FRAMED_GRAIN = -(-(12 + L.MAX_GRAIN_PAYLOAD) // L.SECTOR) * L.SECTOR
 _MAX_FRAMED = CHUNK_GRAINS * _MAX_FRAMED_GRAIN
 _MAX_ENTRY = _HEAD.size + _MAX_FRAMED + 4 * CHUNK_GRAINS + 16 * CHUNK_GRAINS + _DIGEST_BYTES
 _SUBDIR = "chunks-v2"
+_KEY_PIECE = 256 << 10  # encode_from hashes a chunk from reads of this size
 # Folders of earlier framing versions: nothing in them can hit again; prune empties them.
 _OLD_SUBDIRS = ("spans-v1",)
 _ENTRY_RE = re.compile(r"^[0-9a-f]{30}\.span$")
@@ -333,6 +337,7 @@ class CacheSession:
         self._prefix = ("ovfstream span cache\0%d\0%s\0%s\0%d\0"
                         % (FRAMING_VERSION, name, version, level)).encode()
         self._lock = threading.Lock()
+        self._local = threading.local()  # each worker thread's key-read buffer
         self.hits = self.misses = self.stored = self.store_errors = 0
 
     def key(self, view: memoryview, n_grains: int) -> bytes:
@@ -347,15 +352,65 @@ class CacheSession:
         previous chunk's, whether read from an entry or framed by the engine there."""
         if not self.enabled:
             return compress_into(out, view, first_lba, n_grains)
+
+        def chunk(start: int, n: int) -> tuple[bytes, Callable[[], tuple[memoryview, bytes]]]:
+            raw = view[start * L.GRAIN_BYTES:(start + n) * L.GRAIN_BYTES]
+            key = self.key(raw, n)
+            return key, lambda: (raw, key)
+        return self._encode_chunks(out, first_lba, n_grains, chunk, compress_into)
+
+    def encode_from(self, source: DiskSource, plan: SpanPlan, buf: Any, out: memoryview,
+                    compress_into: CompressInto) -> Encoded:
+        """encode_into for a span of a random-access ``source``, reading what a hit needs
+        only: a chunk's key is hashed from small pieces read into a buffer that stays in the
+        CPU cache (measured on the OS image's 1.4 GB, two threads: 0.08 s against 0.15 s
+        for 32 MiB reads into the span buffer, and that much less memory traffic beside
+        the writer's), and a chunk is read whole into ``buf`` only for the engine, on a
+        miss -- its key taken again from that read, so an entry holds what was compressed.
+        A chunk outside the plan's extents is zeros: it frames to nothing."""
+        first_lba = plan.index * L.SPAN_GRAINS * L.GRAIN_SECTORS
+        if not self.enabled:
+            return compress_into(out, source.read_span(plan, buf), first_lba, plan.n_grains)
+        base = plan.index * L.SPAN_BYTES
+        piece = getattr(self._local, "piece", None)
+        if piece is None:
+            piece = self._local.piece = memoryview(bytearray(_KEY_PIECE))
+
+        def chunk(start: int, n: int) -> tuple[bytes | None, Callable[[], tuple[memoryview, bytes]]]:
+            lo, hi = start * L.GRAIN_BYTES, (start + n) * L.GRAIN_BYTES
+            if not any(s < hi and lo < e for s, e in plan.extents):
+                return None, lambda: (memoryview(buf)[lo:lo], b"")
+            hasher = xxhash.xxh3_128(self._prefix + struct.pack("<I", n))
+            for at in range(lo, hi, _KEY_PIECE):
+                part = piece[:min(_KEY_PIECE, hi - at)]
+                source.read_into(base + at, part)
+                hasher.update(part)
+
+            def whole() -> tuple[memoryview, bytes]:
+                raw = memoryview(buf)[lo:hi]
+                source.read_into(base + lo, raw)
+                return raw, self.key(raw, n)
+            return hasher.digest(), whole
+        return self._encode_chunks(out, first_lba, plan.n_grains, chunk, compress_into)
+
+    def _encode_chunks(self, out: memoryview, first_lba: int, n_grains: int,
+                       chunk: Callable[[int, int], tuple[bytes | None,
+                                                         Callable[[], tuple[memoryview, bytes]]]],
+                       compress_into: CompressInto) -> Encoded:
+        """The chunk loop of encode_into/encode_from: ``chunk(start, n)`` gives the key of
+        the chunk of ``n`` grains from grain ``start`` (None: zeros, nothing to frame) and
+        how to get its raw bytes and the key to keep them under, for the engine."""
         pos = payload = 0
         table = array("I")
         prints = bytearray()
         hits = misses = stored = 0
         for start in range(0, n_grains, CHUNK_GRAINS):
             n = min(CHUNK_GRAINS, n_grains - start)
-            raw = view[start * L.GRAIN_BYTES:(start + n) * L.GRAIN_BYTES]
             lba = first_lba + start * L.GRAIN_SECTORS
-            key = self.key(raw, n)
+            key, raw_of = chunk(start, n)
+            if key is None:
+                table.frombytes(bytes(4 * n))  # no grain of it in the table
+                continue
             dest = out[pos:]
             entry = self.cache.load(key, n, dest)
             if entry is not None and _shift_lbas(entry.framed, entry.gt_rel, entry.prints,
@@ -365,10 +420,11 @@ class CacheSession:
                 used, gt_rel, chunk_prints, chunk_payload = (
                     entry.framed.nbytes, entry.gt_rel, entry.prints, entry.payload)
             else:  # absent or bad (a bad one is replaced here)
+                raw, store_key = raw_of()
                 used, gt_rel, chunk_prints, chunk_payload = compress_into(dest, raw, lba, n)
                 if used:  # a chunk of zero grains frames to nothing: no entry, no miss
                     misses += 1
-                    stored += self._store(key, n, dest[:used], gt_rel, chunk_prints,
+                    stored += self._store(store_key, n, dest[:used], gt_rel, chunk_prints,
                                           chunk_payload, lba)
             chunk_table = array("I")
             chunk_table.frombytes(gt_rel)

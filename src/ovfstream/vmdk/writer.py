@@ -177,6 +177,15 @@ def encode_span_into(engine: Engine, local: threading.local, out: Any, view: mem
     return encoder.encode_span_into(out, view, first_lba, n_grains, streams[encoder])  # type: ignore[no-any-return]
 
 
+def _compressor(engine: Engine, local: threading.local
+                ) -> Callable[[memoryview, memoryview, int, int], tuple[int, bytes, bytes, int]]:
+    """encode_span_into on this thread's state: (out, raw, first_lba, n_grains) -> result."""
+    def compress_into(dest: memoryview, raw: memoryview, lba: int, n: int
+                      ) -> tuple[int, bytes, bytes, int]:
+        return encode_span_into(engine, local, dest, raw, lba, n)
+    return compress_into
+
+
 def encode_span(engine: Engine, local: threading.local, take_buffer: Callable[[], Any],
                 view: memoryview, first_lba: int, n_grains: int,
                 session: CacheSession | None = None) -> tuple[Any, int, bytes, bytes, int]:
@@ -184,10 +193,7 @@ def encode_span(engine: Engine, local: threading.local, take_buffer: Callable[[]
     ``take_buffer`` gives a buffer of SPAN_FRAMED_BYTES.  With a cache ``session``, the
     chunks it holds come from there (cache.py)."""
     out = take_buffer()
-
-    def compress_into(dest: memoryview, raw: memoryview, lba: int, n: int
-                      ) -> tuple[int, bytes, bytes, int]:
-        return encode_span_into(engine, local, dest, raw, lba, n)
+    compress_into = _compressor(engine, local)
     if session is None:
         return (out, *compress_into(out, view, first_lba, n_grains))
     with memoryview(out) as dest:
@@ -205,12 +211,14 @@ def encode_plan(source: DiskSource, plan: SpanPlan, buf: Any, engine: Engine,
     if not recompress and getattr(source, "copies_deflate", False):
         view, streams = source.read_span_deflate(plan, buf)  # type: ignore[attr-defined]
         if streams:
-            def run(out: memoryview, part: memoryview, lba: int, n: int
-                    ) -> tuple[int, bytes, bytes, int]:
-                return encode_span_into(engine, local, out, part, lba, n)
             out = take_buffer()
-            return (out, *encode_copied_span(run, out, view, first_lba, plan.n_grains,
-                                             streams))
+            return (out, *encode_copied_span(_compressor(engine, local), out, view, first_lba,
+                                             plan.n_grains, streams))
+    elif session is not None and not source.sequential:  # a hit reads only what it hashes
+        out = take_buffer()
+        with memoryview(out) as dest:
+            return (out, *session.encode_from(source, plan, buf, dest,
+                                              _compressor(engine, local)), 0)
     else:
         view = source.read_span(plan, buf)
     return (*encode_span(engine, local, take_buffer, view, first_lba, plan.n_grains, session), 0)
