@@ -298,12 +298,14 @@ def test_a_miss_keeps_what_it_compressed_and_a_hit_reads_only_its_key(tmp_path):
     from ovfstream.engine import get_engine
     from ovfstream.sources.base import SpanPlan
     from ovfstream.vmdk import layout as L
-    from ovfstream.vmdk.writer import _codec, _compressor
+    from functools import partial
+
+    from ovfstream.vmdk.writer import _codec, encode_span_into
     chunk = CHUNK_GRAINS * L.GRAIN_BYTES
     first = write_disk(tmp_path / "a.raw", chunk, [(0, "text", chunk)], seed=1).read_bytes()
     then = write_disk(tmp_path / "b.raw", chunk, [(0, "text", chunk)], seed=2).read_bytes()
     engine = get_engine("isal", 1)
-    compress = _compressor(engine, threading.local())
+    compress = partial(encode_span_into, engine, threading.local())
     plan = SpanPlan(0, CHUNK_GRAINS, ((0, chunk),))
     buf = bytearray(chunk)
     cache = SpanCache(tmp_path / "c")

@@ -65,9 +65,9 @@ _MAGIC = b"OVFSPAN2"
 # magic, key, framing version, n_grains, framed bytes, grain-table bytes, print bytes, payload
 _HEAD = struct.Struct("<8s16sIIQIIQ")
 _DIGEST_BYTES = 16
-# The most one grain frames to (marker + largest payload, padded); the engine's buffers are
-# sized by the same bound, so chunks placed one after another never outgrow a span buffer.
-_MAX_FRAMED_GRAIN = -(-(12 + L.MAX_GRAIN_PAYLOAD) // L.SECTOR) * L.SECTOR
+# The engine's buffers are sized by the same per-grain bound, so chunks placed one after
+# another never outgrow a span buffer.
+_MAX_FRAMED_GRAIN = L.MAX_FRAMED_GRAIN
 _MAX_FRAMED = CHUNK_GRAINS * _MAX_FRAMED_GRAIN
 _MAX_ENTRY = _HEAD.size + _MAX_FRAMED + 4 * CHUNK_GRAINS + 16 * CHUNK_GRAINS + _DIGEST_BYTES
 _SUBDIR = "chunks-v2"
@@ -243,9 +243,10 @@ class SpanCache:
 
     # -- the folder as a whole -------------------------------------------------------------
 
-    def _scan(self) -> Iterator[tuple[str, os.stat_result, bool]]:
-        """(path, stat, is_entry) of every entry and temporary in the folder, then of every
-        file left in the folders of earlier framing versions (is_entry False: dead weight)."""
+    def _scan(self) -> Iterator[tuple[str, os.stat_result, str]]:
+        """(path, stat, kind) of every file the folder holds: kind is "entry", "temporary"
+        (a write under way or abandoned), or "old" (left by an earlier framing version:
+        it can never hit again)."""
         for sub in (_SUBDIR, *_OLD_SUBDIRS):
             current = sub == _SUBDIR
             try:
@@ -264,13 +265,15 @@ class SpanCache:
                         st = entry.stat(follow_symlinks=False)
                     except OSError:
                         continue
-                    if current and _ENTRY_RE.match(entry.name):
-                        yield entry.path, st, True
-                    elif not current or entry.name.endswith(TEMP_SUFFIX):
-                        yield entry.path, st, False
+                    if not current:
+                        yield entry.path, st, "old"
+                    elif _ENTRY_RE.match(entry.name):
+                        yield entry.path, st, "entry"
+                    elif entry.name.endswith(TEMP_SUFFIX):
+                        yield entry.path, st, "temporary"
 
     def stats(self) -> dict[str, object]:
-        entries = [(st.st_mtime, st.st_size) for _, st, is_entry in self._scan() if is_entry]
+        entries = [(st.st_mtime, st.st_size) for _, st, kind in self._scan() if kind == "entry"]
         times = [t for t, _ in entries]
         return {"cache": self.root, "entries": len(entries),
                 "bytes": sum(s for _, s in entries), "max_bytes": self.max_bytes,
@@ -285,11 +288,10 @@ class SpanCache:
         now = time.time()
         entries: list[tuple[float, int, str]] = []
         removed = freed = 0
-        for path, st, is_entry in self._scan():
-            if is_entry:
+        for path, st, kind in self._scan():
+            if kind == "entry":
                 entries.append((st.st_mtime, st.st_size, path))
-            elif (not path.startswith(self._dir + os.sep)
-                  or now - st.st_mtime > _STALE_TEMP_SECONDS):  # an old version's, or stale
+            elif kind == "old" or now - st.st_mtime > _STALE_TEMP_SECONDS:
                 with contextlib.suppress(OSError):
                     os.unlink(path)
         total = sum(size for _, size, _ in entries)
@@ -340,8 +342,12 @@ class CacheSession:
         self._local = threading.local()  # each worker thread's key-read buffer
         self.hits = self.misses = self.stored = self.store_errors = 0
 
+    def _hasher(self, n_grains: int) -> Any:
+        """The key's hash, fed with the settings; the chunk's raw bytes follow."""
+        return xxhash.xxh3_128(self._prefix + struct.pack("<I", n_grains))
+
     def key(self, view: memoryview, n_grains: int) -> bytes:
-        hasher = xxhash.xxh3_128(self._prefix + struct.pack("<I", n_grains))
+        hasher = self._hasher(n_grains)
         hasher.update(view)
         return hasher.digest()
 
@@ -376,11 +382,11 @@ class CacheSession:
         if piece is None:
             piece = self._local.piece = memoryview(bytearray(_KEY_PIECE))
 
-        def chunk(start: int, n: int) -> tuple[bytes | None, Callable[[], tuple[memoryview, bytes]]]:
+        def chunk(start: int, n: int) -> tuple[bytes, Callable[[], tuple[memoryview, bytes]]] | None:
             lo, hi = start * L.GRAIN_BYTES, (start + n) * L.GRAIN_BYTES
             if not any(s < hi and lo < e for s, e in plan.extents):
-                return None, lambda: (memoryview(buf)[lo:lo], b"")
-            hasher = xxhash.xxh3_128(self._prefix + struct.pack("<I", n))
+                return None
+            hasher = self._hasher(n)
             for at in range(lo, hi, _KEY_PIECE):
                 part = piece[:min(_KEY_PIECE, hi - at)]
                 source.read_into(base + at, part)
@@ -394,12 +400,12 @@ class CacheSession:
         return self._encode_chunks(out, first_lba, plan.n_grains, chunk, compress_into)
 
     def _encode_chunks(self, out: memoryview, first_lba: int, n_grains: int,
-                       chunk: Callable[[int, int], tuple[bytes | None,
-                                                         Callable[[], tuple[memoryview, bytes]]]],
+                       chunk: Callable[[int, int], tuple[bytes, Callable[[], tuple[
+                           memoryview, bytes]]] | None],
                        compress_into: CompressInto) -> Encoded:
         """The chunk loop of encode_into/encode_from: ``chunk(start, n)`` gives the key of
-        the chunk of ``n`` grains from grain ``start`` (None: zeros, nothing to frame) and
-        how to get its raw bytes and the key to keep them under, for the engine."""
+        the chunk of ``n`` grains from grain ``start`` and how to get its raw bytes and the
+        key to keep them under, for the engine (None: zeros, nothing to frame)."""
         pos = payload = 0
         table = array("I")
         prints = bytearray()
@@ -407,10 +413,11 @@ class CacheSession:
         for start in range(0, n_grains, CHUNK_GRAINS):
             n = min(CHUNK_GRAINS, n_grains - start)
             lba = first_lba + start * L.GRAIN_SECTORS
-            key, raw_of = chunk(start, n)
-            if key is None:
+            keyed = chunk(start, n)
+            if keyed is None:
                 table.frombytes(bytes(4 * n))  # no grain of it in the table
                 continue
+            key, raw_of = keyed
             dest = out[pos:]
             entry = self.cache.load(key, n, dest)
             if entry is not None and _shift_lbas(entry.framed, entry.gt_rel, entry.prints,

@@ -10,10 +10,11 @@ import mmap
 import struct
 from typing import Callable
 
-from .vmdk.layout import GRAIN_BYTES, GRAIN_SECTORS, SECTOR, SPAN_GRAINS
+from .vmdk.layout import (GRAIN_BYTES, GRAIN_SECTORS, MAX_FRAMED_GRAIN, MAX_GRAIN_PAYLOAD,
+                          SECTOR, SPAN_GRAINS, frame_grain)
 
-MAX_PAYLOAD = GRAIN_BYTES + 1024
-MAX_FRAMED_BYTES = ((12 + MAX_PAYLOAD + SECTOR - 1) // SECTOR) * SECTOR
+MAX_PAYLOAD = MAX_GRAIN_PAYLOAD
+MAX_FRAMED_BYTES = MAX_FRAMED_GRAIN
 SPAN_FRAMED_BYTES = SPAN_GRAINS * MAX_FRAMED_BYTES
 _ZERO_GRAIN = bytes(GRAIN_BYTES)
 
@@ -62,11 +63,8 @@ def encode_span_into(out: bytearray | memoryview | mmap.mmap,
             raise ValueError("engine returned %d bytes for a 64 KiB grain" % len(payload))
         lba = first_lba + i * GRAIN_SECTORS
         gt_rel[i] = pos // SECTOR + 1
-        framed_len = -(-(12 + len(payload)) // SECTOR) * SECTOR
-        dst[pos:pos + framed_len] = (struct.pack("<QI", lba, len(payload)) + payload
-                                     + bytes(framed_len - 12 - len(payload)))
+        pos = frame_grain(dst, pos, lba, (payload,))
         prints += struct.pack("<QQ", lba, fingerprint(grain))
-        pos += framed_len
         payload_total += len(payload)
     return pos, struct.pack("<%dI" % n_grains, *gt_rel), bytes(prints), payload_total
 

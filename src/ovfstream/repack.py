@@ -492,9 +492,6 @@ class _CopyPlan:
     adapter_type: str
     check: GrainCheck | None = None  # the markers, checked while copying (table layout)
 
-    def read_at(self, offset: int, n: int) -> bytes:
-        return os.pread(self.fd, n, self.member.offset + offset)
-
     def copy(self, write: Callable[[bytes | bytearray | memoryview], object],
              progress: Callable[[int, int], None] | None,
              observe: Callable[[memoryview], object] | None = None) -> CopyStats:

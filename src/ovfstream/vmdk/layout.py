@@ -147,6 +147,10 @@ def sectors_for(n_bytes: int) -> int:
     return (n_bytes + SECTOR - 1) // SECTOR
 
 
+# The most one grain frames to: its marker and the largest payload, padded to the sector.
+MAX_FRAMED_GRAIN = sectors_for(GRAIN_MARKER.size + MAX_GRAIN_PAYLOAD) * SECTOR
+
+
 def capacity_sectors_for(size_bytes: int) -> int:
     """Virtual capacity of a raw image: its size rounded up to a whole sector."""
     return sectors_for(size_bytes)

@@ -12,6 +12,7 @@ same code writes a file, an OVA member behind a digest, or a pipe.
 
 from __future__ import annotations
 
+import functools
 import mmap
 import threading
 import time
@@ -177,15 +178,6 @@ def encode_span_into(engine: Engine, local: threading.local, out: Any, view: mem
     return encoder.encode_span_into(out, view, first_lba, n_grains, streams[encoder])  # type: ignore[no-any-return]
 
 
-def _compressor(engine: Engine, local: threading.local
-                ) -> Callable[[memoryview, memoryview, int, int], tuple[int, bytes, bytes, int]]:
-    """encode_span_into on this thread's state: (out, raw, first_lba, n_grains) -> result."""
-    def compress_into(dest: memoryview, raw: memoryview, lba: int, n: int
-                      ) -> tuple[int, bytes, bytes, int]:
-        return encode_span_into(engine, local, dest, raw, lba, n)
-    return compress_into
-
-
 def encode_span(engine: Engine, local: threading.local, take_buffer: Callable[[], Any],
                 view: memoryview, first_lba: int, n_grains: int,
                 session: CacheSession | None = None) -> tuple[Any, int, bytes, bytes, int]:
@@ -193,7 +185,7 @@ def encode_span(engine: Engine, local: threading.local, take_buffer: Callable[[]
     ``take_buffer`` gives a buffer of SPAN_FRAMED_BYTES.  With a cache ``session``, the
     chunks it holds come from there (cache.py)."""
     out = take_buffer()
-    compress_into = _compressor(engine, local)
+    compress_into = functools.partial(encode_span_into, engine, local)
     if session is None:
         return (out, *compress_into(out, view, first_lba, n_grains))
     with memoryview(out) as dest:
@@ -208,17 +200,17 @@ def encode_plan(source: DiskSource, plan: SpanPlan, buf: Any, engine: Engine,
     (vmdk/copied.py) unless ``recompress``; a span holding any bypasses the cache, which
     keys engine output by the raw bytes.  Else as encode_span (through ``session``)."""
     first_lba = plan.index * L.SPAN_GRAINS * L.GRAIN_SECTORS
+    compress_into = functools.partial(encode_span_into, engine, local)
     if not recompress and getattr(source, "copies_deflate", False):
         view, streams = source.read_span_deflate(plan, buf)  # type: ignore[attr-defined]
         if streams:
             out = take_buffer()
-            return (out, *encode_copied_span(_compressor(engine, local), out, view, first_lba,
+            return (out, *encode_copied_span(compress_into, out, view, first_lba,
                                              plan.n_grains, streams))
     elif session is not None and not source.sequential:  # a hit reads only what it hashes
         out = take_buffer()
         with memoryview(out) as dest:
-            return (out, *session.encode_from(source, plan, buf, dest,
-                                              _compressor(engine, local)), 0)
+            return (out, *session.encode_from(source, plan, buf, dest, compress_into), 0)
     else:
         view = source.read_span(plan, buf)
     return (*encode_span(engine, local, take_buffer, view, first_lba, plan.n_grains, session), 0)
