@@ -265,6 +265,30 @@ class DirectFile(io.RawIOBase):
                 self._set_direct(False)
         self._pwrite_all(view, offset)
 
+    def _direct_writev(self, head: memoryview, body: memoryview, offset: int) -> None:
+        """``head`` then ``body`` at ``offset`` in one O_DIRECT write (both aligned): a small
+        O_DIRECT write of its own costs a round trip to the disk (1-4 ms each measured here,
+        for the 2.5 KB grain table after each span), on the writer's critical path."""
+        if self._direct:
+            try:
+                n = os.pwritev(self._fd, [head, body], offset)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+                self._direct = False
+                self._set_direct(False)
+            else:
+                self.direct_bytes += n
+                if n < len(head):  # a short write: the rest one piece at a time
+                    self._direct_write(head[n:], offset + n)
+                    n = len(head)
+                n -= len(head)
+                if n < len(body):
+                    self._direct_write(body[n:], offset + len(head) + n)
+                return
+        self._pwrite_all(head, offset)
+        self._pwrite_all(body, offset + len(head))
+
     def _flush_stage(self, n: int) -> None:
         """Write the first ``n`` staged bytes (a multiple of the alignment) and keep the rest."""
         with memoryview(self._stage) as stage:
@@ -286,9 +310,16 @@ class DirectFile(io.RawIOBase):
         while len(view):
             if (self._staged and self._staged % align == 0 and len(view) >= _STAGE_BYTES
                     and self._aligned(view)):
-                # whole blocks staged (a member's header) before a large aligned write:
-                # write them out so the large one goes straight from the caller's memory
-                self._flush_stage(self._staged)
+                # whole blocks staged (a member's header, a span's grain table) before a
+                # large aligned write: both in one write, the large one straight from the
+                # caller's memory
+                n = len(view) - len(view) % align
+                with memoryview(self._stage) as stage:
+                    self._direct_writev(stage[:self._staged], view[:n], self._stage_at)
+                self._stage_at += self._staged + n
+                self._staged = 0
+                view = view[n:]
+                continue
             if self._staged == 0 and len(view) >= align and self._aligned(view):
                 n = len(view) - len(view) % align
                 self._direct_write(view[:n], self._stage_at)
