@@ -37,7 +37,9 @@ import time
 from pathlib import Path
 
 MIB = 1 << 20
-SRC = Path(__file__).resolve().parents[1] / "src"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from compare import ovfs_env  # noqa: E402  (benches/ is not a package)
 
 
 def _data_extents(path: Path) -> list[tuple[int, int]]:
@@ -73,7 +75,7 @@ def _change(path: Path, extents: list[tuple[int, int]], mib: int, seed: int) -> 
 
 
 def _run(args: list[str]) -> tuple[float, dict]:
-    env = {**os.environ, "PYTHONPATH": str(SRC), "SOURCE_DATE_EPOCH": "1700000000"}
+    env = {**ovfs_env(), "SOURCE_DATE_EPOCH": "1700000000"}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "ovfstream", *args, "--json", "-q"], env=env,

@@ -13,8 +13,8 @@ import pytest
 
 from ovfstream.convert import convert
 from ovfstream.errors import VmdkFormatError
-from ovfstream.vmdk.copy import (GrainCheck, LayoutDiffers, copy_member, table_grains,
-                                 zlib_grains)
+from ovfstream.vmdk.copy import (GrainCheck, LayoutDiffers, copies_as_is, copy_member,
+                                 table_grains, zlib_grains)
 from ovfstream.vmdk.reader import VmdkReader
 
 
@@ -133,3 +133,65 @@ def test_table_grains_declines_the_head_layout(stream_vmdk, tmp_path, qemu_img):
     qemu_img("convert", "-O", "vmdk", "-o", "subformat=streamOptimized", str(raw), str(head))
     with VmdkReader(head) as reader:
         assert table_grains(reader) is None
+
+
+@pytest.mark.parametrize("damage", ["swap", "zeroed", "duplicate", "past-capacity"])
+def test_table_grains_declines_tables_that_are_not_the_spec_layout(stream_vmdk, damage):
+    """One span's table changed: two grains' sectors swapped (sectors that do not rise with
+    the LBA), an entry of 1 (a zeroed grain), two entries naming one sector, or a grain
+    past the capacity.  Each is declined (the marker walk decides), never planned."""
+    from array import array
+    with VmdkReader(stream_vmdk) as reader:
+        real_gt = reader.grain_table
+        capacity_grains = reader.header.capacity_sectors // reader.header.grain_sectors
+
+        def changed(entry, span, gd):
+            table = array("I", real_gt(entry, span, gd))
+            used = [i for i, sector in enumerate(table) if sector]
+            if span == 0 and len(used) >= 2:
+                a, b = used[0], used[1]
+                if damage == "swap":
+                    table[a], table[b] = table[b], table[a]
+                elif damage == "zeroed":
+                    table[a] = 1
+                elif damage == "duplicate":
+                    table[b] = table[a]
+            if damage == "past-capacity" and span == capacity_grains // len(table):
+                # the first grain past the capacity, in the last sector before the GT
+                # marker: every size still fits, only the LBA is wrong
+                assert used and entry - 2 > table[used[-1]]
+                table[capacity_grains % len(table)] = entry - 2
+            return table.tobytes()
+        assert table_grains(reader) is not None
+        reader.grain_table = changed  # type: ignore[method-assign]
+        assert table_grains(reader) is None
+
+
+def test_copies_as_is_knows_the_spec_layout_and_a_new_head(stream_vmdk):
+    with VmdkReader(stream_vmdk) as reader:
+        placed = table_grains(reader)
+        assert placed
+        data = stream_vmdk.read_bytes()
+
+        def read_at(at, n):
+            return data[at:at + n]
+
+        same = copies_as_is(reader, placed, len(data), read_at, file_name=stream_vmdk.name,
+                            adapter_type="lsilogic")
+        renamed = copies_as_is(reader, placed, len(data), read_at, file_name="other.vmdk",
+                               adapter_type="lsilogic")
+        # a grain moved one sector: the layout the writer would give differs
+        lba, pos, size = placed[-1]
+        moved = copies_as_is(reader, placed[:-1] + [(lba, pos + 512, size)], len(data),
+                             read_at, file_name=stream_vmdk.name, adapter_type="lsilogic")
+        # two spans in the wrong order
+        spans = sorted({g[0] // (128 * 512) for g in placed})
+        reordered = None
+        if len(spans) >= 2:
+            first = [g for g in placed if g[0] // (128 * 512) == spans[0]]
+            reordered = copies_as_is(reader, placed[len(first):] + first, len(data), read_at,
+                                     file_name=stream_vmdk.name, adapter_type="lsilogic")
+    assert same == (True, None)
+    assert renamed[0] is True and renamed[1] is not None and b"other.vmdk" in renamed[1]
+    assert moved == (False, None)
+    assert reordered in (None, (False, None))

@@ -22,6 +22,7 @@ import re
 import threading
 import time
 from array import array
+from itertools import compress
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -109,11 +110,9 @@ def copies_as_is(reader: VmdkReader, grains: Sequence[Grain], member_size: int,
     (False, None) otherwise.  The metadata is made by StreamVmdkWriter itself, fed
     placeholder grain blocks."""
     descriptor, _ = _descriptor(reader, file_name, adapter_type)
-    spans: dict[int, list[Grain]] = {}
-    for grain in grains:
-        spans.setdefault(grain[0] // (L.GRAIN_SECTORS * L.GTES_PER_GT), []).append(grain)
-    placeholder = bytearray(max((sum(_framed_bytes(g[2]) for g in span)
-                                 for span in spans.values()), default=0))
+    # Stands for each span's grain bytes (never read: record() skips it).  An anonymous map
+    # of the largest span the writer frames: its pages are never touched, so it costs none.
+    placeholder = mmap.mmap(-1, L.GTES_PER_GT * L.MAX_FRAMED_GRAIN)
     expected: list[tuple[int, bytes]] = []
     written = 0
 
@@ -126,16 +125,31 @@ def copies_as_is(reader: VmdkReader, grains: Sequence[Grain], member_size: int,
     writer = StreamVmdkWriter(record, capacity_sectors=reader.header.capacity_sectors,
                               descriptor=descriptor)
     writer.start()
-    for index, span in sorted(spans.items()):
-        gt = array("I", bytes(4 * L.GTES_PER_GT))
-        at = written
-        for lba, pos, size in span:
-            if pos != at:
+    # One pass in file order (the spec layout has its spans in LBA order there, each grain
+    # right after the one before): ~21,000 grains for an OS image, so no call per grain.
+    per_span = L.GRAIN_SECTORS * L.GTES_PER_GT
+    round_up = _GRAIN_HEAD.size + L.SECTOR - 1
+    with memoryview(placeholder) as view:
+        index = -1
+        gt = array("I")
+        at = span_start = 0
+        for lba, pos, size in grains:
+            if lba // per_span != index:
+                if index >= 0:
+                    writer.add_span(index, view[:at - span_start], gt.tobytes())
+                if lba // per_span < index:
+                    return False, None
+                index = lba // per_span
+                gt = array("I", bytes(4 * L.GTES_PER_GT))
+                at = span_start = written
+            if pos != at or at - span_start >= len(view):
                 return False, None
-            gt[lba // L.GRAIN_SECTORS % L.GTES_PER_GT] = (at - written) // L.SECTOR + 1
-            at += _framed_bytes(size)
-        with memoryview(placeholder) as view:
-            writer.add_span(index, view[:at - written], gt.tobytes())
+            gt[lba // L.GRAIN_SECTORS % L.GTES_PER_GT] = (at - span_start) // L.SECTOR + 1
+            at += (size + round_up) // L.SECTOR * L.SECTOR
+        if index >= 0:
+            if at - span_start > len(view):
+                return False, None
+            writer.add_span(index, view[:at - span_start], gt.tobytes())
     writer.finish()
     if written != member_size:
         return False, None
@@ -143,10 +157,6 @@ def copies_as_is(reader: VmdkReader, grains: Sequence[Grain], member_size: int,
     if not all(read_at(offset, len(data)) == data for offset, data in body):
         return False, None
     return True, (None if read_at(0, len(head)) == head else head)
-
-
-def _framed_bytes(size: int) -> int:
-    return L.sectors_for(_GRAIN_HEAD.size + size) * L.SECTOR
 
 
 class LayoutDiffers(Exception):
@@ -167,25 +177,35 @@ def table_grains(reader: VmdkReader) -> list[Grain] | None:
     gd = footer.gd_offset_sectors
     entries = array("I", reader.grain_directory(gd))
     grains: list[Grain] = []
-    per_gt = h.gtes_per_gt
+    per_gt, grain_sectors = h.gtes_per_gt, h.grain_sectors
+    head = _GRAIN_HEAD.size
     for span, entry in enumerate(entries):
         if not entry:
             continue
         table = array("I", reader.grain_table(entry, span, gd))
         first = span * per_gt
-        placed = sorted((sector, first + i) for i, sector in enumerate(table) if sector)
-        end = (entry - 1) * L.SECTOR  # the span's GT marker
-        for k, (sector, g) in enumerate(placed):
-            lba = g * h.grain_sectors
-            stop = placed[k + 1][0] * L.SECTOR if k + 1 < len(placed) else end
-            size = stop - sector * L.SECTOR - _GRAIN_HEAD.size
-            # A gap wider than a grain can fill is not the spec layout (and a size from the
-            # tables must not size a buffer unbounded): the marker walk decides.
-            if (sector == L.GTE_ZEROED or lba >= h.capacity_sectors or size <= 0
-                    or size >= L.MAX_GRAIN_PAYLOAD + L.SECTOR
-                    or grains and (lba <= grains[-1][0] or sector * L.SECTOR <= grains[-1][1])):
-                return None
-            grains.append((lba, sector * L.SECTOR, size))
+        # The stored grains in LBA order: their sectors and grain numbers.  In the spec
+        # layout the sectors rise with the LBA; anything else goes to the marker walk.
+        sectors = list(compress(table, table))
+        if not sectors:
+            continue
+        numbers = list(compress(range(first, first + len(table)), table))
+        # each grain fills its sectors up to the next grain, the last one up to the span's GT
+        # marker (the sector before the GT)
+        stops = sectors[1:] + [entry - 1]
+        sizes = [(stop - sector) * L.SECTOR - head for sector, stop in zip(sectors, stops)]
+        # A gap wider than a grain can fill is not the spec layout (and a size from the
+        # tables must not size a buffer unbounded), nor are sectors that do not rise with the
+        # LBA (a size <= 0), a zeroed entry or a grain past the capacity: the marker walk
+        # decides.
+        if (sectors[0] == L.GTE_ZEROED or min(sizes) <= 0
+                or max(sizes) >= L.MAX_GRAIN_PAYLOAD + L.SECTOR
+                or numbers[-1] * grain_sectors >= h.capacity_sectors
+                or grains and (numbers[0] * grain_sectors <= grains[-1][0]
+                               or sectors[0] * L.SECTOR <= grains[-1][1])):
+            return None
+        grains.extend(zip([g * grain_sectors for g in numbers],
+                          [sector * L.SECTOR for sector in sectors], sizes))
     return grains
 
 
