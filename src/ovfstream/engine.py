@@ -24,8 +24,6 @@ import ctypes
 import functools
 import hashlib
 import os
-import platform
-import random
 import sys
 import threading
 import zlib
@@ -225,7 +223,7 @@ def _libdeflate_version() -> str:
 def _isal_cpu_note(machine: str | None = None, cpuinfo: str = "/proc/cpuinfo") -> str | None:
     """None when ISA-L levels 1-2 take the code path whose bytes every x86-64 CPU with SSE4.2
     shares; else why this machine's bytes may differ (said on stderr and in --json)."""
-    machine = (machine or platform.machine()).lower()
+    machine = (machine or os.uname().machine).lower()  # platform.machine(), unimported
     if machine not in ("x86_64", "amd64"):
         return "ISA-L's output was compared across x86-64 CPUs only (this is %s)" % machine
     try:
@@ -298,8 +296,7 @@ def _native_isal_encoder(level: int) -> tuple[Any, str | None]:
     except (ImportError, AttributeError, OSError, ValueError) as exc:
         return None, ("the isal/xxhash packages do not export the C entry points it calls "
                       "(%s: %s)" % (type(exc).__name__, exc))
-    rng = random.Random(level)
-    incompressible = rng.randbytes(65536)
+    incompressible = hashlib.shake_128(b"ovfstream self-test %d" % level).digest(65536)
     samples = [incompressible, (b"ovfstream grain %d\n" * 4000)[:65536],
                bytes(65535) + b"\x01", bytes(range(256)) * 256]
     try:

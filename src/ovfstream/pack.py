@@ -28,14 +28,14 @@ from .outputs import Inputs
 from .ova.writer import FolderWriter, FrontMembers, SeekableOvaWriter, StreamingOvaWriter
 from .ovf.model import DiskEntry, DiskSlot, VirtualMachine
 from .ovf.spec import vm_from_layers
-from .ovf.targets import Target, check_pack, check_packed_size, get_target
 from .ovf.writer import OvfVersion, pad_to, render_descriptor, reserve_size
 from .pipeline import check_workers
 from .sources import DiskSource, open_source
 from .vmdk.writer import DiskStats, write_stream_vmdk
 
-if TYPE_CHECKING:  # signing (cryptography) loads only when a package is signed
-    from .cert import SigningKey
+if TYPE_CHECKING:  # signing (cryptography) loads only when a package is signed, the
+    from .cert import SigningKey  # target presets only for --target (_preset)
+    from .ovf.targets import Target
 
 __all__ = ["pack", "PackResult", "PackedFile", "PackedDisk", "Signer"]
 
@@ -164,6 +164,14 @@ def adapter_for(slot: DiskSlot) -> str:
     if slot.controller == "scsi" and slot.scsi_type == "buslogic":
         return "buslogic"
     return "lsilogic"
+
+
+def _preset(target: str | None) -> Target | None:
+    """The preset named ``target`` (ovf/targets.py, loaded only then), None without one."""
+    if target is None:
+        return None
+    from .ovf.targets import get_target
+    return get_target(target, what="--target")
 
 
 def check_settings(ovf_version: str | None, digest: str | None, preset: Target | None
@@ -317,7 +325,7 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
     started = time.perf_counter()
     if not disks:
         raise UsageError("pack: at least one disk image is needed")
-    preset = get_target(target, what="--target") if target is not None else None
+    preset = _preset(target)
     version, digest = check_settings(ovf_version, digest, preset)
     if sum(os.fspath(d) == "-" for d in disks) > 1:
         raise UsageError("pack: standard input (-) can be read as one disk only")
@@ -332,6 +340,7 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
         out = dataclasses.replace(out, stem=stream_stem(vm.name))
     warnings: list[str] = []
     if preset is not None:
+        from .ovf.targets import check_pack
         warnings = check_pack(preset, vm, ovf_version=version, digest=digest,
                               disks=len(disks), stem=out.stem)
 
@@ -381,6 +390,7 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
         span_cache.prune()
     files = front.files(front_data) + disk_files
     if preset is not None and out.form != "ovf":  # the OVA's size is known only now
+        from .ovf.targets import check_packed_size
         warnings += check_packed_size(preset, out.shown, sum(f.size for f in files))
     return PackResult(output=out.shown, form=out.form, ovf_version=version,
                       digest_algorithm=digest, files=tuple(files),

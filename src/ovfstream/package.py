@@ -9,12 +9,14 @@ name with a separator or '..' is refused the same way as in a tar.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import threading
 import unicodedata
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO
 
-from .errors import Finding, TarFormatError, UsageError
+from .errors import Finding, FormatError, TarFormatError, UsageError
 from .ova import tar
 from .ova.reader import TarReader
 from .ova.tar import check_member_name
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
     from .vmdk.reader import VmdkReader
 
 __all__ = ["Member", "Package", "open_package", "MAX_SMALL_MEMBER", "FORMATS", "own_members",
-           "extract_plan", "output_collisions"]
+           "extract_plan", "output_collisions", "hash_members"]
 
 # Descriptors, manifests and certificates are read whole; nothing larger is accepted.
 MAX_SMALL_MEMBER = 16 << 20
@@ -208,4 +210,30 @@ def output_collisions(plan: list[tuple[Member, str, bool]]) -> list[tuple[str, s
         first = seen.setdefault(_fold(name), m)
         if first is not m:
             out.append((first.name, m.name, name))
+    return out
+
+
+_HASH_CHUNK = 8 << 20
+
+
+def hash_members(pkg: Package, members: list[Member], algorithms: set[str], *,
+                 stop: threading.Event | None = None) -> dict[str, dict[str, str]]:
+    """{member: {algorithm: hex}} reading each member once in large sequential reads.
+    A set ``stop`` ends the work early (the result is then incomplete)."""
+    out: dict[str, dict[str, str]] = {}
+    buf = bytearray(_HASH_CHUNK)
+    view = memoryview(buf)
+    for m in members:
+        hashers = {a: hashlib.new(a) for a in sorted(algorithms)}
+        with pkg.open(m) as f:
+            left = m.size
+            while left and not (stop is not None and stop.is_set()):
+                n = f.readinto(view[:min(left, _HASH_CHUNK)])
+                if not n:
+                    raise FormatError("ova.tar.truncated", "member data ends %d bytes early"
+                                      % left, path=pkg.path, member=m.name)
+                for h in hashers.values():
+                    h.update(view[:n])
+                left -= n
+        out[m.name] = {a: h.hexdigest() for a, h in hashers.items()}
     return out

@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import hashlib
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -68,7 +67,6 @@ from .ovf.namespaces import (
 from .ovf.reader import parse_descriptor_tree
 from .ovf.spec import vm_from_mapping
 from .ovf.summary import Descriptor, DiskInfo, NicInfo, VirtualSystemInfo
-from .ovf.targets import check_pack, check_packed_size, get_target
 from .ovf.writer import OvfVersion, render_descriptor, reserve_size
 from .pack import (
     Front,
@@ -76,6 +74,7 @@ from .pack import (
     PackedFile,
     Progress,
     Signer,
+    _preset,
     adapter_for,
     check_outputs,
     check_settings,
@@ -87,10 +86,9 @@ from .pack import (
     source_date_epoch,
     stream_stem,
 )
-from .package import Member, Package, open_package
+from .package import Member, Package, hash_members, open_package
 from .pipeline import check_workers
 from .sources import DiskSource, open_source
-from .verify import hash_members
 from .vmdk import layout as L
 from .vmdk.copy import (
     CopyStats,
@@ -229,7 +227,7 @@ def _repack(package: PathLike, output: PathLike | BinaryIO, *, trust_tables: boo
     vs, vs_el = _one_system(pkg, desc, root)
     disks, members = _disk_members(pkg, desc, vs, warnings)
 
-    preset = get_target(target, what="--target") if target is not None else None
+    preset = _preset(target)
     if ovf_version is None and preset is None:
         ovf_version = "2.0" if desc.ovf_version == "2.x" else "1.0"
     if digest is None and preset is None:
@@ -241,6 +239,7 @@ def _repack(package: PathLike, output: PathLike | BinaryIO, *, trust_tables: boo
     if out.form == "ova-stream":
         out = dataclasses.replace(out, stem=stream_stem(vm.name))
     if preset is not None:
+        from .ovf.targets import check_pack
         warnings += check_pack(preset, vm, ovf_version=version, digest=digest,
                                disks=len(disks), stem=out.stem)
     names = tuple("%s-disk%d.vmdk" % (out.stem, i + 1) for i in range(len(disks)))
@@ -310,6 +309,7 @@ def _repack(package: PathLike, output: PathLike | BinaryIO, *, trust_tables: boo
         span_cache.prune()
     files = front.files(front_data) + disk_files
     if preset is not None and out.form != "ovf":
+        from .ovf.targets import check_packed_size
         warnings += check_packed_size(preset, out.shown, sum(f.size for f in files))
     return RepackResult(input=pkg.path, output=out.shown, form=out.form, ovf_version=version,
                         digest_algorithm=digest, files=tuple(files), disks=tuple(done),
@@ -601,6 +601,7 @@ def _member_file(pkg: Package, member: Member, stack: contextlib.ExitStack,
     source reads a whole file; the copy holds the member's bytes as they are)."""
     if pkg.form != "ova":
         return member.path
+    import tempfile  # here: only a member spooled out of a stream needs it
     folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="ovfstream-repack-",
                                                              dir=spool_dir))
     path = os.path.join(folder, "disk")

@@ -16,8 +16,6 @@ payloads again to inflate them; by then they are in the page cache).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import threading
 import os
 import time
 from dataclasses import dataclass, field
@@ -29,7 +27,8 @@ from .ovf.reader import _parse_xml as parse_xml  # the same hardened parse, for 
 from .ovf.reader import parse_descriptor
 from .ovf.summary import Descriptor
 from .ovf.validate import strict_validators
-from .package import FORMATS, Member, Package, extract_plan, open_package, output_collisions
+from .package import (FORMATS, Member, Package, extract_plan, hash_members, open_package,
+                      output_collisions)
 from .pipeline import check_workers
 from .vmdk.reader import VerifyReport, VmdkReader
 
@@ -61,7 +60,6 @@ RULES: dict[str, str] = {
     **targets.RULES,
 }
 
-_CHUNK = 8 << 20
 _VMDK_FORMAT_HINT = "vmdk"
 
 
@@ -97,29 +95,6 @@ class VerifyResult:
                 "content_ids": self.content_ids,
                 "validators": self.validators, "target": self.target,
                 "findings": [f.as_dict() for f in self.findings]}
-
-
-def hash_members(pkg: Package, members: list[Member], algorithms: set[str], *,
-                 stop: threading.Event | None = None) -> dict[str, dict[str, str]]:
-    """{member: {algorithm: hex}} reading each member once in large sequential reads.
-    A set ``stop`` ends the work early (the result is then incomplete)."""
-    out: dict[str, dict[str, str]] = {}
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    for m in members:
-        hashers = {a: hashlib.new(a) for a in sorted(algorithms)}
-        with pkg.open(m) as f:
-            left = m.size
-            while left and not (stop is not None and stop.is_set()):
-                n = f.readinto(view[:min(left, _CHUNK)])
-                if not n:
-                    raise FormatError("ova.tar.truncated", "member data ends %d bytes early"
-                                      % left, path=pkg.path, member=m.name)
-                for h in hashers.values():
-                    h.update(view[:n])
-                left -= n
-        out[m.name] = {a: h.hexdigest() for a, h in hashers.items()}
-    return out
 
 
 def _order_findings(pkg: Package) -> list[Finding]:

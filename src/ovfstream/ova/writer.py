@@ -24,8 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -172,6 +170,7 @@ class StreamingOvaWriter:
         self._out = out
         self._mtime = mtime
         self._algorithm = algorithm
+        import tempfile  # (here and below: only a streamed package spools)
         self._dir = tempfile.mkdtemp(prefix="ovfstream-", dir=spool_dir)
         self._spooled: list[tuple[str, str, int]] = []
 
@@ -185,6 +184,7 @@ class StreamingOvaWriter:
         self._spooled.append((name, path, sink.size))
 
     def finish(self, front: Sequence[tuple[str, bytes]]) -> None:
+        import shutil
         for name, data in front:
             self._out.write(tar.encode_header(name, len(data), mtime=self._mtime))
             self._out.write(data)
@@ -199,6 +199,7 @@ class StreamingOvaWriter:
         self._out.flush()
 
     def close(self) -> None:
+        import shutil
         with signals_held():  # a second signal waits until the spool folder is gone
             shutil.rmtree(self._dir, ignore_errors=True)
 

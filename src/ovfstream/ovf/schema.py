@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lxml import etree
 
 from ..errors import UnsupportedError
 from .namespaces import NS_OVF1, NS_OVF2
+
+if TYPE_CHECKING:  # pathlib loads when a schema is looked for, not with every reader
+    from pathlib import Path
 
 __all__ = ["NS_OVF1", "NS_OVF2", "find_schema_dir", "available_versions", "schema_for",
            "validate", "versions_for", "ENTRY_POINTS", "user_schema_dir"]
@@ -45,6 +48,7 @@ _lock = threading.Lock()
 
 def user_schema_dir() -> Path:
     """The per-user folder for the schemas: ``$XDG_DATA_HOME/ovfstream/ovf-schemas``."""
+    from pathlib import Path
     data_home = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"),
                                                                 ".local", "share")
     return Path(data_home) / "ovfstream" / "ovf-schemas"
@@ -52,10 +56,12 @@ def user_schema_dir() -> Path:
 
 def available_versions(folder: str | os.PathLike[str]) -> tuple[str, ...]:
     """The schema versions whose entry point the folder holds."""
+    from pathlib import Path
     return tuple(v for v, entry in ENTRY_POINTS.items() if (Path(folder) / entry).is_file())
 
 
 def _checkout_candidates() -> list[Path]:
+    from pathlib import Path
     here = Path(__file__).resolve()
     # src/ovfstream/ovf/schema.py -> <checkout>/../shared/ovf-schemas (or <dir>/shared/...)
     out: list[Path] = []
@@ -75,6 +81,7 @@ def find_schema_dir(schema_dir: str | os.PathLike[str] | None = None, *,
     """
     explicit = schema_dir if schema_dir is not None else os.environ.get("OVFSTREAM_SCHEMA_DIR")
     if explicit:
+        from pathlib import Path
         folder = Path(explicit)
         if available_versions(folder):
             return folder

@@ -36,8 +36,7 @@ import re
 import reprlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import UsageError
 from .model import (
@@ -51,10 +50,8 @@ from .model import (
     VirtualMachine,
 )
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10 (pyproject declares tomli there)
-    import tomli as tomllib
+if TYPE_CHECKING:  # pathlib loads when a spec file or EULA file is read
+    from pathlib import Path
 
 __all__ = ["SPEC_KEYS", "PRODUCT_KEYS", "PROPERTY_KEYS", "load_spec", "load_table",
            "absolute_eula", "vm_from_mapping",
@@ -235,6 +232,7 @@ def _product(value: object, base: Product | None) -> Product:
 
 
 def _read_eula(value: object, base_dir: Path | None) -> str:
+    from pathlib import Path
     path = Path(_str("eula_file", value))
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
@@ -272,7 +270,10 @@ def vm_from_mapping(mapping: Mapping[str, object], *, base: VirtualMachine | Non
         rest = {k: v for k, v in present.items() if k != "target"}
         return vm_from_layers([rest], name=_str("name", name) if name is not None else None,
                               target=present["target"], base_dir=base_dir)
-    anchor = Path(base_dir) if base_dir is not None else None
+    anchor = None
+    if base_dir is not None:
+        from pathlib import Path
+        anchor = Path(base_dir)
     if "eula" in present and "eula_file" in present:
         raise UsageError("eula_file: give either eula or eula_file, not both")
 
@@ -372,6 +373,7 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
 
     A relative ``eula_file`` is made absolute against the spec file's folder.
     """
+    from pathlib import Path
     return absolute_eula(load_table(path, what="spec", keys=SPEC_KEYS), Path(path))
 
 
@@ -379,6 +381,7 @@ def absolute_eula(table: dict[str, Any], anchor: Path) -> dict[str, Any]:
     """``table`` with a relative ``eula_file`` made absolute against the folder of
     ``anchor`` (the file the table came from)."""
     result = dict(table)
+    from pathlib import Path
     eula_file = result.get("eula_file")
     if isinstance(eula_file, str) and not Path(eula_file).is_absolute():
         result["eula_file"] = str(anchor.resolve().parent / eula_file)
@@ -389,6 +392,7 @@ def load_table(path: str | os.PathLike[str], *, what: str,
                keys: Sequence[str]) -> dict[str, Any]:
     """A TOML, YAML or JSON file (by suffix) that holds one table -> dict; ``what`` names
     the file in errors (``spec``, ``jobs``), ``keys`` what it may hold."""
+    from pathlib import Path
     spec_path = Path(path)
     suffix = spec_path.suffix.lower()
     if suffix not in (".toml", ".yaml", ".yml", ".json"):
@@ -397,7 +401,11 @@ def load_table(path: str | os.PathLike[str], *, what: str,
         data = handle.read(MAX_SPEC_BYTES + 1)
     if len(data) > MAX_SPEC_BYTES:
         raise UsageError("%s: %s is larger than %d bytes" % (what, spec_path, MAX_SPEC_BYTES))
-    import yaml  # here: a run without a YAML spec does not load the parser
+    import yaml  # here: a run without a spec file loads no parser
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10 (pyproject declares tomli there)
+        import tomli as tomllib
     try:
         if suffix == ".toml":
             loaded: object = tomllib.loads(data.decode("utf-8"))

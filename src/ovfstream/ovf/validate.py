@@ -33,7 +33,6 @@ import os
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from fractions import Fraction
 from functools import lru_cache
 
 from lxml import etree
@@ -953,6 +952,7 @@ def parse_programmatic_unit(text: str) -> Unit | None:
                 if re.fullmatch(r"0[0-9]+", token):
                     return None
                 if any(c in token for c in ".eE"):
+                    from fractions import Fraction  # here: rare, and slow to import
                     value = Fraction(token)
                     if value <= 0:
                         return None

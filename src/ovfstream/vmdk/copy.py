@@ -254,6 +254,9 @@ class GrainCheck:
             raise LayoutDiffers("%d grains not seen" % (len(self._grains) - self._next))
 
 
+_FIRST_PIECE = 1 << 20
+
+
 def copy_member(fd: int, base: int, size: int, write: Write, *, start: int = 0,
                 observe: Callable[[memoryview], object] | None = None,
                 check: Callable[[int, memoryview], None] | None = None,
@@ -277,7 +280,10 @@ def copy_member(fd: int, base: int, size: int, write: Write, *, start: int = 0,
                 buf = free.get()
                 if buf is None or stop.is_set():
                     return
-                n = min(chunk, size - at)
+                # The pieces grow from 1 MiB to ``chunk`` (1, 1, 2, 4, 8...): the writes
+                # start after a small read, not after a whole chunk read into fresh pages
+                # (6 ms measured, against 0.8 ms into a reused buffer).
+                n = min(chunk, max(_FIRST_PIECE, at - first), size - at)
                 got = 0
                 view = memoryview(buf)
                 while got < n:
@@ -300,6 +306,8 @@ def copy_member(fd: int, base: int, size: int, write: Write, *, start: int = 0,
         if observe is not None else None
     pending: list[tuple[mmap.mmap, Future[object] | None]] = []  # written, maybe digesting
     reader.start()
+    if observer is not None:
+        observer.submit(int)  # its thread starts beside the first read, not after it (~5 ms)
     try:
         while True:
             item = full.get()
