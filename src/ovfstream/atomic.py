@@ -28,13 +28,13 @@ import errno
 import fcntl
 import functools
 import io
-import mmap
 import os
 import signal
 import stat
 import threading
 from typing import Any, BinaryIO, Callable, Iterator
 
+from .buffers import anonymous
 from .errors import UsageError
 
 __all__ = ["atomic_output", "AtomicFiles", "DirectFile", "output_kind", "node_kind",
@@ -204,7 +204,7 @@ class DirectFile(io.RawIOBase):
         super().__init__()
         self._fd = fd
         self._mem_align, self._align = alignment
-        self._stage = mmap.mmap(-1, _STAGE_BYTES)
+        self._stage = anonymous(_STAGE_BYTES)
         self._stage_at = 0       # file offset of the staging buffer's first byte (aligned)
         self._staged = 0         # bytes staged
         self._pos = 0            # the file position (seek/tell)

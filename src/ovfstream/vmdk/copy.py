@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 
 import xxhash
 
+from ..buffers import anonymous
 from ..errors import VmdkFormatError
 from . import layout as L
 from .descriptor import derived_ids, render_descriptor
@@ -112,7 +113,7 @@ def copies_as_is(reader: VmdkReader, grains: Sequence[Grain], member_size: int,
     descriptor, _ = _descriptor(reader, file_name, adapter_type)
     # Stands for each span's grain bytes (never read: record() skips it).  An anonymous map
     # of the largest span the writer frames: its pages are never touched, so it costs none.
-    placeholder = mmap.mmap(-1, L.GTES_PER_GT * L.MAX_FRAMED_GRAIN)
+    placeholder = anonymous(L.GTES_PER_GT * L.MAX_FRAMED_GRAIN)
     expected: list[tuple[int, bytes]] = []
     written = 0
 
@@ -269,7 +270,7 @@ def copy_member(fd: int, base: int, size: int, write: Write, *, start: int = 0,
     first = 0 if observe is not None or check is not None else start - start % L.SECTOR
     free: queue.Queue[mmap.mmap | None] = queue.Queue()
     for _ in range(depth):
-        free.put(mmap.mmap(-1, chunk))
+        free.put(anonymous(chunk))
     full: queue.Queue[tuple[mmap.mmap, int, int] | BaseException | None] = queue.Queue()
     stop = threading.Event()
 

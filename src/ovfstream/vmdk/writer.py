@@ -20,6 +20,7 @@ from array import array
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from ..buffers import HUGE_PAGE, anonymous
 from ..engine import CORE as _codec
 from ..engine import NATIVE, Engine
 from ..errors import UnsupportedError, UsageError
@@ -158,8 +159,9 @@ _TAIL_SLACK = 4 << 20
 
 
 def _release_tail(buffer: mmap.mmap, used: int) -> None:
-    """Give the kernel back the pages of ``buffer`` past the first ``used`` bytes and a slack."""
-    start = -(-(used + _TAIL_SLACK) // mmap.PAGESIZE) * mmap.PAGESIZE
+    """Give the kernel back the pages of ``buffer`` past the first ``used`` bytes and a slack
+    (from a huge-page boundary: a huge page released in part is split, which costs more)."""
+    start = -(-(used + _TAIL_SLACK) // HUGE_PAGE) * HUGE_PAGE
     if start < len(buffer):
         buffer.madvise(mmap.MADV_DONTNEED, start, len(buffer) - start)
 
@@ -245,7 +247,7 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
 
     def take_buffer() -> mmap.mmap:
         with pool_lock:
-            return pool.pop() if pool else mmap.mmap(-1, _codec.SPAN_FRAMED_BYTES)
+            return pool.pop() if pool else anonymous(_codec.SPAN_FRAMED_BYTES)
 
     session = cache.session(engine) if cache is not None else None
 
@@ -253,7 +255,7 @@ def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engin
                                         int, int]:
         buf = getattr(local, "buf", None)
         if buf is None:  # this thread's span buffer, made once (an anonymous map: its
-            buf = local.buf = mmap.mmap(-1, L.SPAN_BYTES)  # pages fault in as read)
+            buf = local.buf = anonymous(L.SPAN_BYTES)  # pages fault in as read)
         return (plan, *encode_plan(source, plan, buf, engine, local, take_buffer,
                                    session=session, recompress=recompress))
 
