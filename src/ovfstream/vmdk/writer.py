@@ -160,7 +160,9 @@ _TAIL_SLACK = 4 << 20
 
 def _release_tail(buffer: mmap.mmap, used: int) -> None:
     """Give the kernel back the pages of ``buffer`` past the first ``used`` bytes and a slack
-    (from a huge-page boundary: a huge page released in part is split, which costs more)."""
+    (from a huge-page boundary: a huge page released in part is split, which costs more;
+    counted from the buffer's start, which kernels since 6.7 place on a 2 MiB boundary for
+    maps this large, and older ones may not: then only the cost differs)."""
     start = -(-(used + _TAIL_SLACK) // HUGE_PAGE) * HUGE_PAGE
     if start < len(buffer):
         buffer.madvise(mmap.MADV_DONTNEED, start, len(buffer) - start)
