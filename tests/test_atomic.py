@@ -9,6 +9,7 @@ kernel refuses O_DIRECT (EINVAL) in the middle of a run.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -16,6 +17,7 @@ import mmap
 import os
 import random
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -68,6 +70,22 @@ def _scenario(f, seed: int) -> None:
             f.write(bytes(rng.randrange(0, 70000)))
     f.seek(0)
     f.write(b"front" * 300)
+
+
+def _page_aligned(data: bytes) -> mmap.mmap:
+    """``data`` in a page-aligned anonymous map (what the writers hand DirectFile)."""
+    buf = mmap.mmap(-1, len(data))
+    buf[:] = data
+    return buf
+
+
+@contextlib.contextmanager
+def _direct_output(path: Path) -> Iterator[DirectFile]:
+    """atomic_output with O_DIRECT, or a skip where the file system does not offer it."""
+    with atomic_output(path, direct=True) as f:
+        if not isinstance(f, DirectFile):
+            pytest.skip("O_DIRECT is not offered here")
+        yield f
 
 
 def _written(path: Path, *, direct: bool, seed: int) -> tuple[str, int | None]:
@@ -184,12 +202,9 @@ def test_a_large_aligned_write_after_a_staged_header_goes_direct(tmp_path, monke
     # pieces must go straight from the caller's memory, not through the staging copy.
     monkeypatch.delenv("OVFSTREAM_DIRECT_IO", raising=False)
     monkeypatch.setattr(atomic, "dio_alignment", lambda fd: (512, 512))
-    piece = mmap.mmap(-1, 4 * MIB)
-    piece[:] = random.Random(7).randbytes(4 * MIB)
+    piece = _page_aligned(random.Random(7).randbytes(4 * MIB))
     out = tmp_path / "o.bin"
-    with atomic_output(out, direct=True) as f:
-        if not isinstance(f, DirectFile):
-            pytest.skip("O_DIRECT is not offered here")
+    with _direct_output(out) as f:
         f.seek(5120)
         f.write(b"h" * 512)
         with memoryview(piece) as view:
@@ -208,11 +223,7 @@ def test_a_staged_grain_table_goes_out_with_the_next_span_in_one_write(tmp_path,
     monkeypatch.delenv("OVFSTREAM_DIRECT_IO", raising=False)
     monkeypatch.setattr(atomic, "dio_alignment", lambda fd: (512, 512))
     rng = random.Random(11)
-    spans = []
-    for _ in range(3):
-        span = mmap.mmap(-1, 2 * MIB)
-        span[:] = rng.randbytes(2 * MIB)
-        spans.append(span)
+    spans = [_page_aligned(rng.randbytes(2 * MIB)) for _ in range(3)]
     tables = [rng.randbytes(2560) for _ in spans]
     calls: list[tuple[str, int]] = []
     real_pwrite, real_pwritev = os.pwrite, os.pwritev
@@ -232,9 +243,7 @@ def test_a_staged_grain_table_goes_out_with_the_next_span_in_one_write(tmp_path,
     monkeypatch.setattr(atomic.os, "pwrite", pwrite)
     monkeypatch.setattr(atomic.os, "pwritev", pwritev)
     out = tmp_path / "o.vmdk"
-    with atomic_output(out, direct=True) as f:
-        if not isinstance(f, DirectFile):
-            pytest.skip("O_DIRECT is not offered here")
+    with _direct_output(out) as f:
         for span, table in zip(spans, tables):
             with memoryview(span) as view:
                 f.write(view)
@@ -262,12 +271,9 @@ def test_a_refused_vectored_write_falls_back_to_buffered_writes(tmp_path, monkey
         raise OSError(errno.EINVAL, "Invalid argument")
 
     monkeypatch.setattr(atomic.os, "pwritev", pwritev)
-    span = mmap.mmap(-1, 2 * MIB)
-    span[:] = random.Random(3).randbytes(2 * MIB)
+    span = _page_aligned(random.Random(3).randbytes(2 * MIB))
     out = tmp_path / "o.bin"
-    with atomic_output(out, direct=True) as f:
-        if not isinstance(f, DirectFile):
-            pytest.skip("O_DIRECT is not offered here")
+    with _direct_output(out) as f:
         f.write(b"t" * 2560)
         with memoryview(span) as view:
             f.write(view)
