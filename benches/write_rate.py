@@ -5,9 +5,10 @@
 Writes ``--mib`` MiB to a new file in DIR with O_DIRECT, in pieces of ``--piece-mib`` MiB
 from four page-aligned buffers (the way the VMDK writer hands over framed spans), then
 fsyncs; meanwhile 0, 1 or 2 threads read FILE (which should be cached: read it once first)
-32 MiB at a time, the way the workers of a warm cache rebuild read every span.  Prints the
-write rate of each case, interleaved ``--repeat`` times.  It bounds what a run that writes
-its output while it reads its input can reach on this machine (README, Span cache).
+32 MiB at a time, the way the workers of a warm cache rebuild read every span.  Each case
+runs with two kinds of buffer: ``mmap.mmap(-1, n)``'s shared anonymous map (what the writer
+used before buffers.py) and buffers.anonymous's private map with huge pages asked for (what
+it uses now).  Prints the write rate of each case, interleaved ``--repeat`` times.
 """
 
 from __future__ import annotations
@@ -16,10 +17,15 @@ import argparse
 import mmap
 import os
 import statistics
+import sys
 import threading
 import time
+from pathlib import Path
 
 MIB = 1 << 20
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from ovfstream.buffers import anonymous  # noqa: E402  (the writer's own buffers)
 
 
 def _reader(path: str, stop: threading.Event) -> None:
@@ -37,9 +43,11 @@ def _reader(path: str, stop: threading.Event) -> None:
         os.close(fd)
 
 
-def write_rate(folder: str, total: int, piece: int, readers: int, read_path: str) -> float:
-    """GB/s of one O_DIRECT write pass of ``total`` bytes with ``readers`` reading threads."""
-    buffers = [mmap.mmap(-1, piece) for _ in range(4)]
+def write_rate(folder: str, total: int, piece: int, readers: int, read_path: str,
+               private: bool) -> float:
+    """GB/s of one O_DIRECT write pass of ``total`` bytes with ``readers`` reading threads,
+    from private huge-page buffers or shared ones."""
+    buffers = [anonymous(piece) if private else mmap.mmap(-1, piece) for _ in range(4)]
     for buf in buffers:
         buf.write(os.urandom(piece))
     path = os.path.join(folder, "write-rate.tmp")
@@ -76,14 +84,17 @@ def main() -> int:
     a = ap.parse_args()
     piece = a.piece_mib * MIB
     total = a.mib * MIB // piece * piece
-    rates: dict[int, list[float]] = {0: [], 1: [], 2: []}
+    rates: dict[tuple[int, bool], list[float]] = {
+        (readers, private): [] for readers in (0, 1, 2) for private in (False, True)}
     for _ in range(a.repeat):
-        for readers in rates:
-            rates[readers].append(write_rate(a.dir, total, piece, readers, a.read))
-    for readers, values in rates.items():
-        print("O_DIRECT writes of %d MiB pieces, %d reading thread(s): median %.2f GB/s (%s)"
-              % (a.piece_mib, readers, statistics.median(values),
-                 ", ".join("%.2f" % v for v in values)))
+        for readers, private in rates:
+            rates[readers, private].append(write_rate(a.dir, total, piece, readers, a.read,
+                                                      private))
+    for (readers, private), values in rates.items():
+        print("O_DIRECT writes of %d MiB pieces from %s buffers, %d reading thread(s): "
+              "median %.2f GB/s (%s)"
+              % (a.piece_mib, "private huge-page" if private else "shared", readers,
+                 statistics.median(values), ", ".join("%.2f" % v for v in values)))
     return 0
 
 
