@@ -8,6 +8,8 @@ from pathlib import Path
 
 import ovfstream
 
+from ovfs_testlib import REPRODUCIBLE_ENGINE
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,7 +44,8 @@ def test_pack_from_several_threads(make_disk, tmp_path, monkeypatch):
     def job(i: int) -> None:
         try:
             (tmp_path / str(i)).mkdir()
-            ovfstream.pack([raw], tmp_path / str(i) / "t.ova", parallel=2, fsync=False)
+            ovfstream.pack([raw], tmp_path / str(i) / "t.ova", parallel=2, fsync=False,
+                           engine=REPRODUCIBLE_ENGINE)
         except BaseException as exc:  # collected and re-raised below on the test's thread
             errors.append(exc)
     threads = [threading.Thread(target=job, args=(i,)) for i in range(3)]

@@ -26,7 +26,7 @@ from ovfstream.atomic import DirectFile, atomic_output
 from ovfstream.convert import convert
 from ovfstream.pack import pack
 
-from ovfs_testlib import write_disk
+from ovfs_testlib import REPRODUCIBLE_ENGINE, write_disk
 
 MIB = 1 << 20
 
@@ -183,13 +183,16 @@ def test_convert_and_pack_bytes_do_not_depend_on_direct_io_or_workers(tmp_path, 
         for workers in (1, 2, 4):
             run = tmp_path / ("%s-%d" % (direct, workers))
             run.mkdir()
-            convert(raw, run / "disk.vmdk", parallel=workers, fsync=False)
-            pack([raw], run / "app.ova", parallel=workers, fsync=False, mtime=1700000000)
+            convert(raw, run / "disk.vmdk", parallel=workers, fsync=False,
+                    engine=REPRODUCIBLE_ENGINE)
+            pack([raw], run / "app.ova", parallel=workers, fsync=False, mtime=1700000000,
+                 engine=REPRODUCIBLE_ENGINE)
             for kind, name in (("vmdk", "disk.vmdk"), ("ova", "app.ova")):
                 digests[kind].add(hashlib.sha256((run / name).read_bytes()).hexdigest())
         folder = tmp_path / ("folder-%s" % direct)
         folder.mkdir()
-        pack([raw], folder / "app.ovf", parallel=2, fsync=False, mtime=1700000000)
+        pack([raw], folder / "app.ovf", parallel=2, fsync=False, mtime=1700000000,
+             engine=REPRODUCIBLE_ENGINE)
         digests["folder"].add(hashlib.sha256(b"".join(
             (folder / name).read_bytes() for name in ("app.ovf", "app.mf", "app-disk1.vmdk"))
         ).hexdigest())

@@ -20,10 +20,9 @@ import pytest
 import ovfstream
 from ovfstream import cli
 from ovfstream.build import pack_many
-from ovfstream.engine import PURE
 from ovfstream.farm import WorkerLostError, open_executor
 
-from ovfs_testlib import MIB, write_disk
+from ovfs_testlib import MIB, REPRODUCIBLE_ENGINE, write_disk
 
 distributed = pytest.importorskip("distributed", reason="Dask distributed is not installed "
                                   "(pip install 'ovfstream[dask]'; the test extra has it)")
@@ -82,12 +81,6 @@ def test_pack_spread_over_workers_gives_the_local_bytes(cluster, make_disk, tmp_
     assert len(list((tmp_path / "cache").glob("chunks-v2/*/*.span"))) == 4
 
 
-# Bytes compared across processes need an engine whose bytes do not depend on the process:
-# ISA-L through python-isal (what OVFSTREAM_PURE=1 runs) keeps its stream state on the C
-# stack, and its address reaches the bytes (engine.py); the compiled core places it.
-CROSS_PROCESS_ENGINE = "zlib" if PURE else "isal"
-
-
 def test_build_sends_whole_jobs_to_the_workers(cluster, make_disk, tmp_path, capsys):
     lc, _ = cluster
     (tmp_path / "a.raw").symlink_to(make_disk("mixed"))
@@ -99,7 +92,7 @@ def test_build_sends_whole_jobs_to_the_workers(cluster, make_disk, tmp_path, cap
         "  - {output: out/c.ova, disks: [missing.raw], name: c}\n")
     (tmp_path / "out").mkdir()
     assert cli.main(["build", str(tmp_path / "jobs.yaml"), "--executor", _address(lc),
-                     "--json", "--parallel", "1", "--engine", CROSS_PROCESS_ENGINE]) == 1
+                     "--json", "--parallel", "1", "--engine", REPRODUCIBLE_ENGINE]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert [j["ok"] for j in doc["jobs"]] == [True, True, False]
     assert "missing.raw" in doc["jobs"][2]["error"]
@@ -108,7 +101,7 @@ def test_build_sends_whole_jobs_to_the_workers(cluster, make_disk, tmp_path, cap
         single = tmp_path / "single" / (name + ".ova")
         single.parent.mkdir(exist_ok=True)
         assert cli.main(["pack", *[str(tmp_path / d) for d in disks], "-o", str(single),
-                         "--name", name, *extra, "-q", "--engine", CROSS_PROCESS_ENGINE]) == 0
+                         "--name", name, *extra, "-q", "--engine", REPRODUCIBLE_ENGINE]) == 0
         assert (tmp_path / "out" / (name + ".ova")).read_bytes() == single.read_bytes()
     assert not (tmp_path / "out" / "c.ova").exists()
 
@@ -188,10 +181,10 @@ def test_a_worker_killed_mid_build_job(cluster, tmp_path):
 def test_spread_over_a_process_pool_too(make_disk, tmp_path):
     """pack(executor=) takes any concurrent.futures.Executor."""
     raw = make_disk("odd_size")
-    local = _local_pack(raw, tmp_path / "local" / "a.ova", engine=CROSS_PROCESS_ENGINE)
+    local = _local_pack(raw, tmp_path / "local" / "a.ova", engine=REPRODUCIBLE_ENGINE)
     with ProcessPoolExecutor(2) as pool:
         farm = _local_pack(raw, tmp_path / "farm" / "a.ova", executor=pool,
-                           engine=CROSS_PROCESS_ENGINE)
+                           engine=REPRODUCIBLE_ENGINE)
     assert farm == local
 
 

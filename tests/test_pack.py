@@ -21,7 +21,7 @@ from ovfstream.errors import UsageError
 from ovfstream.ovf.model import DiskSlot, Nic, Product, Property, VirtualMachine
 from ovfstream.pack import Signer, pack
 
-from ovfs_testlib import assert_descriptor_valid, make_signer, run, tool
+from ovfs_testlib import REPRODUCIBLE_ENGINE, assert_descriptor_valid, make_signer, run, tool
 
 NS = {"ovf": "http://schemas.dmtf.org/ovf/envelope/1",
       "ovf2": "http://schemas.dmtf.org/ovf/envelope/2",
@@ -108,10 +108,10 @@ def test_reproducible_across_runs_parallel_and_stdout(make_disk, tmp_path, monke
     for n in (1, 2, 3):
         out = tmp_path / str(n) / "appliance.ova"
         out.parent.mkdir()
-        pack([raw], out, parallel=n, fsync=False)
+        pack([raw], out, parallel=n, fsync=False, engine=REPRODUCIBLE_ENGINE)
         digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
     stream = io.BytesIO()
-    pack([raw], stream, parallel=2, spool_dir=tmp_path)
+    pack([raw], stream, parallel=2, spool_dir=tmp_path, engine=REPRODUCIBLE_ENGINE)
     digests.add(hashlib.sha256(stream.getvalue()).hexdigest())
     assert len(digests) == 1
     assert _members(out)[0].mtime == 1700000000

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from ovfs_testlib import MIB, write_disk
+from ovfs_testlib import MIB, REPRODUCIBLE_ENGINE, write_disk
 
 OVFSTREAM = [sys.executable, "-m", "ovfstream"]
 SPAN = 32 * MIB
@@ -76,7 +76,8 @@ def test_same_bytes_at_every_parallelism(parallel, tmp_path):
         folder.mkdir()
         with open(raw, "rb") as f:
             proc = run("convert", "-", "-o", folder / "d.vmdk", "--size",
-                       str(raw.stat().st_size), "--parallel", p, stdin=f)
+                       str(raw.stat().st_size), "--parallel", p,
+                       "--engine", REPRODUCIBLE_ENGINE, stdin=f)
         assert proc.returncode == 0, proc.stderr
         outs.append((folder / "d.vmdk").read_bytes())
     assert outs[0] == outs[1]

@@ -11,6 +11,8 @@ import pytest
 from ovfstream import convert
 from ovfstream.vmdk import layout as L
 
+from ovfs_testlib import REPRODUCIBLE_ENGINE
+
 pytestmark = pytest.mark.interop
 
 
@@ -94,7 +96,7 @@ def test_parallel_outputs_identical(make_disk, tmp_path):
     for n in (1, 2, 3, 8):
         out = tmp_path / ("p%d" % n) / "disk.vmdk"
         out.parent.mkdir()
-        convert(raw, out, parallel=n, fsync=False)
+        convert(raw, out, parallel=n, fsync=False, engine=REPRODUCIBLE_ENGINE)
         digests.add(hashlib.sha256(out.read_bytes()).hexdigest())
     assert len(digests) == 1
 
