@@ -65,10 +65,9 @@ _MAGIC = b"OVFSPAN2"
 # magic, key, framing version, n_grains, framed bytes, grain-table bytes, print bytes, payload
 _HEAD = struct.Struct("<8s16sIIQIIQ")
 _DIGEST_BYTES = 16
-# The engine's buffers are sized by the same per-grain bound, so chunks placed one after
-# another never outgrow a span buffer.
-_MAX_FRAMED_GRAIN = L.MAX_FRAMED_GRAIN
-_MAX_FRAMED = CHUNK_GRAINS * _MAX_FRAMED_GRAIN
+# The engine's buffers are sized by the same per-grain bound (L.MAX_FRAMED_GRAIN), so chunks
+# placed one after another never outgrow a span buffer.
+_MAX_FRAMED = CHUNK_GRAINS * L.MAX_FRAMED_GRAIN
 _MAX_ENTRY = _HEAD.size + _MAX_FRAMED + 4 * CHUNK_GRAINS + 16 * CHUNK_GRAINS + _DIGEST_BYTES
 _SUBDIR = "chunks-v2"
 _KEY_PIECE = 256 << 10  # encode_from hashes a chunk from reads of this size
@@ -200,7 +199,7 @@ class SpanCache:
             magic, stored_key, version, grains, n_framed, n_gt, n_prints, payload = \
                 _HEAD.unpack(head)
             if (magic != _MAGIC or stored_key != key or version != FRAMING_VERSION
-                    or grains != n_grains or n_framed > n_grains * _MAX_FRAMED_GRAIN
+                    or grains != n_grains or n_framed > n_grains * L.MAX_FRAMED_GRAIN
                     or n_framed % L.SECTOR or n_gt != 4 * n_grains
                     or n_prints > 16 * n_grains or n_prints % 16
                     or _HEAD.size + n_framed + n_gt + n_prints + _DIGEST_BYTES != size

@@ -89,7 +89,6 @@ from .pack import (
 from .package import Member, Package, hash_members, open_package
 from .pipeline import check_workers
 from .sources import DiskSource, open_source
-from .vmdk import layout as L
 from .vmdk.copy import (
     CopyStats,
     GrainCheck,
@@ -97,6 +96,7 @@ from .vmdk.copy import (
     copies_as_is,
     copy_member,
     copy_stream_vmdk,
+    populated_bytes,
     table_grains,
     zlib_grains,
 )
@@ -556,10 +556,8 @@ def _copyable(pkg: Package, member: Member, stack: contextlib.ExitStack, *, file
             as_is, head = copies_as_is(scan, placed, member.size, read_at,
                                        file_name=file_name, adapter_type=adapter_type)
             if as_is:
-                h = scan.header
-                populated = sum(min(h.grain_sectors, h.capacity_sectors - g[0])
-                                for g in placed) * L.SECTOR
-                return _CopyPlan(member, reader, fd, len(placed), 0, populated, True, head,
+                return _CopyPlan(member, reader, fd, len(placed), 0,
+                                 populated_bytes(scan.header, placed), True, head,
                                  file_name, adapter_type, GrainCheck(placed, read_at))
         found = zlib_grains(scan)
     if found is None:

@@ -22,8 +22,8 @@ import re
 import threading
 import time
 from array import array
-from itertools import compress
 from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import compress
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -37,7 +37,8 @@ from .reader import VmdkReader
 from .writer import StreamVmdkWriter
 
 __all__ = ["CopyStats", "is_zlib_head", "zlib_grains", "carried_ids", "copy_stream_vmdk",
-           "copies_as_is", "copy_member", "table_grains", "GrainCheck", "LayoutDiffers"]
+           "copies_as_is", "copy_member", "table_grains", "GrainCheck", "LayoutDiffers",
+           "populated_bytes"]
 
 Write = Callable[[bytes | bytearray | memoryview], object]
 
@@ -81,15 +82,18 @@ Grain = tuple[int, int, int]       # LBA, marker offset, compressed size
 def zlib_grains(reader: VmdkReader) -> tuple[list[Grain], int] | None:
     """(the grains, populated bytes) when every grain starts as a zlib stream, else None;
     from the marker sectors only: nothing is inflated and no grain's body is read."""
-    h = reader.header
-    populated = 0
     grains: list[Grain] = []
     for lba, pos, size, head in reader.grains(payloads=False):
         if not is_zlib_head(head):
             return None
         grains.append((lba, pos, size))
-        populated += min(h.grain_sectors, h.capacity_sectors - lba) * L.SECTOR
-    return grains, populated
+    return grains, populated_bytes(reader.header, grains)
+
+
+def populated_bytes(header: L.Header, grains: Sequence[Grain]) -> int:
+    """The virtual bytes ``grains`` cover, the last one capped at the capacity."""
+    return sum(min(header.grain_sectors, header.capacity_sectors - g[0])
+               for g in grains) * L.SECTOR
 
 
 def _descriptor(reader: VmdkReader, file_name: str, adapter_type: str
