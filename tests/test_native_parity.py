@@ -254,3 +254,67 @@ def test_span_path_without_the_second_adler_pass_gives_the_same_bytes():
             grain = bytes(span[i * GRAIN:(i + 1) * GRAIN])
             assert zlib.decompress(payload) == grain  # zlib checks the trailer itself
             assert int.from_bytes(payload[-4:], "big") == zlib.adler32(grain)
+
+
+def _mutated(framed: bytes, gt_rel: bytes, prints: bytes, how: int, pick: int
+             ) -> tuple[bytearray, bytes, bytearray]:
+    """A chunk's (framed, gt_rel, prints) with one fault of kind ``how`` (0: none)."""
+    import struct
+    framed, prints = bytearray(framed), bytearray(prints)
+    table = list(struct.unpack("<%dI" % (len(gt_rel) // 4), gt_rel))
+    used = [i for i, v in enumerate(table) if v]
+    at = (table[used[pick % len(used)]] - 1) * 512 if used else 0
+    if how == 1 and len(used) > 1:  # two grains' table entries swapped
+        a, b = used[pick % len(used)], used[(pick + 1) % len(used)]
+        table[a], table[b] = table[b], table[a]
+    elif how == 2 and used:  # a marker's LBA off by one grain
+        struct.pack_into("<Q", framed, at, struct.unpack_from("<Q", framed, at)[0] + 128)
+    elif how == 3 and used:  # a marker's length 0, or past the buffer
+        struct.pack_into("<I", framed, at + 8, 0 if pick % 2 else len(framed))
+    elif how == 4 and used:  # a fingerprint's LBA off
+        struct.pack_into("<Q", prints, 0, struct.unpack_from("<Q", prints, 0)[0] + 1)
+    elif how == 5:  # one fingerprint too many, or a ragged one
+        prints += bytes(16 if pick % 2 else 5)
+    elif how == 6 and used:  # the framed bytes cut short
+        del framed[at + 6:]
+    elif how == 7:  # a table of the wrong length
+        table.append(0)
+    elif how == 8 and used:  # an entry pointing past the buffer
+        table[used[-1]] = len(framed) // 512 + 2
+    return framed, struct.pack("<%dI" % len(table), *table), prints
+
+
+@settings(max_examples=150, deadline=None)
+@given(kinds=st.lists(st.integers(0, 3), min_size=1, max_size=16), seed=st.integers(0, 2**32),
+       how=st.integers(0, 8), pick=st.integers(0, 100),
+       chunk_lba=st.integers(0, 2**34).map(lambda x: x * 128))
+def test_shift_grain_lbas_parity(kinds, seed, how, pick, chunk_lba):
+    """The cache's check-and-relocate (cache.py) agrees with its twin on valid and damaged
+    chunks: same verdict, same bytes, nothing changed on a refusal, and making an entry
+    relative then placing it back gives the bytes the engine framed."""
+    span = _span(kinds, seed)
+    n = len(kinds)
+    compress = get_engine("isal", 1).compress
+    framed, gt_rel, prints, _ = native.encode_span(span, chunk_lba, n, compress,
+                                                   xxhash.xxh3_64_intdigest)
+    framed, gt_rel, prints = _mutated(bytes(framed), gt_rel, prints, how, pick)
+    results = []
+    for core in (native, grains_py):
+        f, p = bytearray(framed), bytearray(prints)
+        ok = core.shift_grain_lbas(f, gt_rel, p, -chunk_lba, n)  # store: make it relative
+        if not ok:
+            assert (f, p) == (framed, prints)  # a refusal changes nothing
+        results.append((ok, bytes(f), bytes(p)))
+    assert results[0] == results[1]
+    ok, rel_framed, rel_prints = results[0]
+    if how == 0:
+        assert ok
+    if ok:
+        for core in (native, grains_py):  # load: place it back where it was framed
+            f, p = bytearray(rel_framed), bytearray(rel_prints)
+            assert core.shift_grain_lbas(f, gt_rel, p, chunk_lba, n)
+            assert (f, p) == (framed, prints)
+            # an entry is relative: loading it as if it were absolute is refused
+            if chunk_lba and any(kinds):
+                assert not core.shift_grain_lbas(bytearray(framed), gt_rel, bytearray(prints),
+                                                 chunk_lba, n)

@@ -12,7 +12,7 @@ Pure: buffers in, buffers and offsets out; no files, no module state.
 
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize, PyByteArray_Resize
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport free, malloc
 from libc.string cimport memcmp, memcpy, memset
 
@@ -170,6 +170,69 @@ def relocate_gt(const uint8_t[::1] gt_rel not None, uint64_t base_sector, Py_ssi
                                     % sector)
             table[i] = <uint32_t>sector
     return bytes(out)
+
+
+cdef bint _grain_lbas_agree(const uint8_t* framed, Py_ssize_t n_framed, const uint8_t* table,
+                            Py_ssize_t n_grains, const uint8_t* fp, Py_ssize_t n_prints,
+                            uint64_t base) noexcept nogil:
+    cdef uint64_t lba, want, p_lba
+    cdef uint32_t rel, size
+    cdef Py_ssize_t i, at, k = 0, last_end = 0
+    for i in range(n_grains):
+        memcpy(&rel, table + 4 * i, 4)
+        if not rel:
+            continue
+        at = <Py_ssize_t>(rel - 1) * SECTOR
+        if at < last_end or at + MARKER_BYTES > n_framed or k >= n_prints:
+            return False
+        memcpy(&lba, framed + at, 8)
+        memcpy(&size, framed + at + 8, 4)
+        want = <uint64_t>i * GRAIN_SECTORS + base
+        if (lba != want or size == 0 or size > MAX_PAYLOAD
+                or at + MARKER_BYTES + <Py_ssize_t>size > n_framed):
+            return False
+        memcpy(&p_lba, fp + 16 * k, 8)
+        if p_lba != want:
+            return False
+        last_end = at + MARKER_BYTES + size
+        k += 1
+    return k == n_prints
+
+
+def shift_grain_lbas(uint8_t[::1] framed not None, const uint8_t[::1] gt_rel not None,
+                     uint8_t[::1] prints not None, int64_t delta, Py_ssize_t n_grains):
+    """Add ``delta`` to the LBA of every grain marker in ``framed`` and of every fingerprint
+    in ``prints``, in place, once the grain table, markers and fingerprints are checked to
+    agree (the cache's entries, cache.py); False, with nothing changed, if they do not.
+
+    ``gt_rel``: n_grains u32, 1 + the marker's sector in ``framed``, or 0 (no grain).  Each
+    marker must hold the LBA its table slot implies (``i * 128``, plus ``-delta`` when delta
+    is negative: the chunk is being made relative), a payload length of 1..MAX_PAYLOAD that
+    fits in ``framed``, and start after the previous marker's payload; ``prints`` must hold
+    one (LBA, fingerprint) pair per grain, with the same LBAs in the same order.  Reference
+    twin in grains_py."""
+    cdef Py_ssize_t n_framed = framed.shape[0], n_prints = prints.shape[0] // 16
+    if n_grains < 0 or gt_rel.shape[0] != 4 * n_grains or prints.shape[0] != 16 * n_prints:
+        return False
+    cdef uint8_t* dst = &framed[0] if n_framed else NULL
+    cdef uint8_t* fp = &prints[0] if n_prints else NULL
+    cdef const uint8_t* table = &gt_rel[0] if n_grains else NULL
+    cdef uint64_t base = <uint64_t>(-delta) if delta < 0 else 0
+    cdef uint64_t lba
+    cdef uint32_t rel
+    cdef Py_ssize_t i, k = 0
+    cdef bint ok
+    with nogil:
+        ok = _grain_lbas_agree(dst, n_framed, table, n_grains, fp, n_prints, base)
+        if ok:
+            for i in range(n_grains):
+                memcpy(&rel, table + 4 * i, 4)
+                if rel:
+                    lba = <uint64_t>i * GRAIN_SECTORS + base + <uint64_t>delta
+                    memcpy(dst + <Py_ssize_t>(rel - 1) * SECTOR, &lba, 8)
+                    memcpy(fp + 16 * k, &lba, 8)
+                    k += 1
+    return ok
 
 
 # ---------------------------------------------------------------------------------------

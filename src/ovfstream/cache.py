@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import xxhash
 
 from .atomic import TEMP_SUFFIX, atomic_output
+from .engine import CORE
 from .errors import UsageError
 from .vmdk import layout as L
 
@@ -108,39 +109,6 @@ class _Entry:
     gt_rel: bytes
     prints: memoryview  # LBAs relative to the chunk (writable)
     payload: int
-
-
-def _shift_lbas(framed: bytearray | memoryview, gt_rel: bytes, prints: bytearray | memoryview,
-                delta: int,
-                n_grains: int) -> bool:
-    """Add ``delta`` to every grain marker's LBA and every fingerprint's LBA, checking on the
-    way that the grain table, markers and fingerprints agree; False if they do not."""
-    table = array("I")
-    table.frombytes(gt_rel)
-    if len(table) != n_grains:
-        return False
-    n_prints = len(prints) // 16
-    k = 0
-    last_end = 0
-    for i, rel in enumerate(table):
-        if not rel:
-            continue
-        at = (rel - 1) * L.SECTOR
-        if at < last_end or at + 12 > len(framed) or k >= n_prints:
-            return False
-        lba, size = struct.unpack_from("<QI", framed, at)
-        lba_rel = i * L.GRAIN_SECTORS
-        want = lba_rel if delta >= 0 else lba_rel - delta
-        if lba != want or not 0 < size <= L.MAX_GRAIN_PAYLOAD or at + 12 + size > len(framed):
-            return False
-        p_lba = struct.unpack_from("<Q", prints, 16 * k)[0]
-        if p_lba != want:
-            return False
-        struct.pack_into("<Q", framed, at, lba + delta)
-        struct.pack_into("<Q", prints, 16 * k, p_lba + delta)
-        last_end = at + 12 + size
-        k += 1
-    return k == n_prints and len(prints) == 16 * n_prints
 
 
 class SpanCache:
@@ -419,7 +387,7 @@ class CacheSession:
             key, raw_of = keyed
             dest = out[pos:]
             entry = self.cache.load(key, n, dest)
-            if entry is not None and _shift_lbas(entry.framed, entry.gt_rel, entry.prints,
+            if entry is not None and CORE.shift_grain_lbas(entry.framed, entry.gt_rel, entry.prints,
                                                  lba, n):
                 self.cache.touch(key)
                 hits += 1
@@ -450,7 +418,7 @@ class CacheSession:
                prints: bytes, payload: int, first_lba: int) -> bool:
         """Keep a chunk the engine framed at ``first_lba``; False if it could not be kept."""
         rel_framed, rel_prints = bytearray(framed), bytearray(prints)
-        if not _shift_lbas(rel_framed, gt_rel, rel_prints, -first_lba, n_grains):
+        if not CORE.shift_grain_lbas(rel_framed, gt_rel, rel_prints, -first_lba, n_grains):
             return False
         try:
             self.cache.store(key, n_grains, rel_framed, gt_rel, rel_prints, payload)

@@ -78,3 +78,37 @@ def relocate_gt(gt_rel: bytes, base_sector: int, n_entries: int) -> bytes:
         raise OverflowError("grain at sector %d does not fit in a u32 grain-table entry"
                             % max(table))
     return struct.pack("<%dI" % n_entries, *table)
+
+
+def shift_grain_lbas(framed: bytearray | memoryview | mmap.mmap, gt_rel: bytes,
+                     prints: bytearray | memoryview, delta: int, n_grains: int) -> bool:
+    """Add ``delta`` to every grain marker's LBA and every fingerprint's LBA, in place, once
+    the grain table, markers and fingerprints are checked to agree; False, nothing changed,
+    if they do not (the native twin's docstring has the rules)."""
+    n_prints = len(prints) // 16
+    if len(gt_rel) != 4 * n_grains or n_grains < 0 or len(prints) != 16 * n_prints:
+        return False
+    base = -delta if delta < 0 else 0
+    places = []
+    last_end = 0
+    for i, (rel,) in enumerate(struct.iter_unpack("<I", gt_rel)):
+        if not rel:
+            continue
+        at = (rel - 1) * SECTOR
+        k = len(places)
+        if at < last_end or at + 12 > len(framed) or k >= n_prints:
+            return False
+        lba, size = struct.unpack_from("<QI", framed, at)
+        want = i * GRAIN_SECTORS + base
+        if lba != want or not 0 < size <= MAX_PAYLOAD or at + 12 + size > len(framed):
+            return False
+        if struct.unpack_from("<Q", prints, 16 * k)[0] != want:
+            return False
+        places.append((at, want + delta))
+        last_end = at + 12 + size
+    if len(places) != n_prints:
+        return False
+    for k, (at, lba) in enumerate(places):
+        struct.pack_into("<Q", framed, at, lba)
+        struct.pack_into("<Q", prints, 16 * k, lba)
+    return True
