@@ -327,10 +327,10 @@ def _vm_from_args(args: argparse.Namespace, stem: str) -> tuple[Any, str | None]
     """The VM of --spec and the flags, on the preset of --target (or the spec's target):
     (vm, target name or None)."""
     from .ovf.spec import load_spec, vm_from_layers
-    from .ovf.targets import get_target
     spec = load_spec(args.spec) if args.spec else {}
     target = args.target if args.target is not None else spec.get("target")
-    if target is not None:
+    if target is not None:  # (the presets load only then)
+        from .ovf.targets import get_target
         target = get_target(target, what="--target" if args.target is not None
                             else "target (in %s)" % args.spec).name
     return vm_from_layers([spec, _vm_flags(args)], name=stem, target=target), target
@@ -360,9 +360,11 @@ def _cmd_pack(args: argparse.Namespace) -> int:
     if args.spec:
         check_regular(args.spec)  # a FIFO would hang the read
     vm, target = _vm_from_args(args, stem)
-    from .ovf.targets import get_target
-    signer = _signer(args, args.digest or (get_target(target).digest.value if target
-                                           else "sha256"))
+    digest = args.digest or "sha256"
+    if args.digest is None and target is not None:
+        from .ovf.targets import get_target
+        digest = get_target(target).digest.value
+    signer = _signer(args, digest)
     also_read = [p for p in (args.spec, args.sign_key, args.sign_cert) if p]
     _engine_note(args)
     from .farm import open_executor

@@ -345,13 +345,13 @@ def vm_from_layers(layers: Sequence[Mapping[str, object]], *, name: str | None,
     a guest, the OS; everything a layer gives wins.  A layer's ``target`` key is ignored here
     (the caller resolved it).
     """
-    from . import targets  # targets imports the model only; spec is its caller
     merged = _merge([{k: v for k, v in layer.items() if k != "target"} for layer in layers])
     if name is None and "name" not in merged:
         raise UsageError("name: missing (every VM needs a name)")
     base_name = name if name is not None else _str("name", merged["name"])
     if target is None:
         return vm_from_mapping(merged, base=VirtualMachine(name=base_name), base_dir=base_dir)
+    from . import targets  # (only here: targets imports the model only; spec is its caller)
     preset = targets.get_target(target)
     os_key = merged.get("os")
     os_text = os_key if isinstance(os_key, str) else None
