@@ -6,6 +6,8 @@ import re
 import threading
 from pathlib import Path
 
+import pytest
+
 import ovfstream
 
 from ovfs_testlib import REPRODUCIBLE_ENGINE
@@ -88,3 +90,34 @@ def test_names_and_submodules_load_on_first_use():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60)
     assert run.returncode == 0, run.stderr
+
+
+@pytest.mark.parametrize("extra, loaded", [
+    ((), set()),
+    (("--target", "proxmox"), {"ovfstream.ovf.targets"}),
+    (("--spec", "SPEC"), {"ovfstream.ovf.targets"}),  # the spec names a target
+    (("--cache", "CACHE"), {"ovfstream.cache"}),
+])
+def test_a_pack_loads_only_what_it_uses(tmp_path, extra, loaded):
+    """Start-up is paid on every job of a build farm: a pack imports the target presets only
+    for a target (~3 ms), the span cache only with --cache, signing never unless asked."""
+    import os
+    import subprocess
+    import sys
+    disk = tmp_path / "d.raw"
+    with open(disk, "wb") as f:
+        f.truncate(4 << 20)
+        f.write(b"boot" * 1024)
+    spec = tmp_path / "vm.toml"
+    spec.write_text('name = "vm"\ntarget = "proxmox"\n')
+    fill = {"SPEC": str(spec), "CACHE": str(tmp_path / "cache")}
+    argv = ["pack", str(disk), "-o", str(tmp_path / "a.ova"), "-q",
+            *[fill.get(a, a) for a in extra]]
+    watched = ("ovfstream.ovf.targets", "ovfstream.cache", "ovfstream.cert")
+    code = ("import sys\nfrom ovfstream import cli\n"
+            "code = cli.main(%r)\n"
+            "print(code, *sorted(m for m in %r if m in sys.modules))\n" % (argv, watched))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "SOURCE_DATE_EPOCH": "1"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.split() == ["0", *sorted(loaded)], run.stdout + run.stderr

@@ -165,26 +165,3 @@ def test_target_rule_ids_are_documented() -> None:
     assert set(targets.RULES) <= set(ALL_RULES)
     docs = (ROOT / "docs" / "rules.md").read_text()
     assert all("`%s`" % rule in docs for rule in targets.RULES)
-
-
-
-@pytest.mark.parametrize("extra, loaded", [((), False), (("--target", "proxmox"), True),
-                                          (("--spec", "SPEC"), True)])
-def test_presets_load_only_for_a_target(tmp_path: Path, extra, loaded) -> None:
-    """A pack without a target never imports the presets (ovf/targets.py: ~3 ms of start-up
-    a build farm pays on every job); --target or a spec's ``target`` does."""
-    import os
-    import subprocess
-    import sys
-    disk = _disk(tmp_path)
-    spec = tmp_path / "vm.toml"
-    spec.write_text('name = "vm"\ntarget = "proxmox"\n')
-    argv = ["pack", str(disk), "-o", str(tmp_path / "a.ova"), "-q",
-            *[str(spec) if a == "SPEC" else a for a in extra]]
-    code = ("import sys\nfrom ovfstream import cli\n"
-            "code = cli.main(%r)\n"
-            "print(code, 'ovfstream.ovf.targets' in sys.modules)\n" % argv)
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=120, env={**os.environ, "SOURCE_DATE_EPOCH": "1"})
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.split() == ["0", str(loaded)], run.stdout + run.stderr

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, BinaryIO, Callable, Sequence
 
 from .atomic import AtomicFiles, atomic_output, output_kind, signals_held
-from .cache import SpanCache, open_cache
 from .engine import get_engine
 from .errors import UsageError
 from .manifest import DIGESTS, manifest_size, render_manifest
@@ -34,7 +33,8 @@ from .sources import DiskSource, open_source
 from .vmdk.writer import DiskStats, write_stream_vmdk
 
 if TYPE_CHECKING:  # signing (cryptography) loads only when a package is signed, the
-    from .cert import SigningKey  # target presets only for --target (_preset)
+    from .cache import SpanCache  # target presets only for --target (_preset), the cache
+    from .cert import SigningKey  # module only with a cache
     from .ovf.targets import Target
 
 __all__ = ["pack", "PackResult", "PackedFile", "PackedDisk", "Signer"]
@@ -331,7 +331,10 @@ def pack(disks: Sequence[PathLike], output: PathLike | BinaryIO, *,
         raise UsageError("pack: standard input (-) can be read as one disk only")
     workers = check_workers(parallel)
     eng = get_engine(engine, level)
-    span_cache = open_cache(cache, cache_max)
+    span_cache = None
+    if cache is not None:
+        from .cache import open_cache
+        span_cache = open_cache(cache, cache_max)
     out = output_form(output)
     if vm is None:
         vm = (VirtualMachine(name=out.stem) if preset is None
