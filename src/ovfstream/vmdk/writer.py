@@ -34,8 +34,7 @@ from .descriptor import render_descriptor
 if TYPE_CHECKING:
     from ..cache import CacheSession, SpanCache
 
-__all__ = ["StreamVmdkWriter", "DiskStats", "write_stream_vmdk", "encode_span", "encode_plan",
-           "NATIVE"]
+__all__ = ["StreamVmdkWriter", "DiskStats", "write_stream_vmdk", "encode_plan", "NATIVE"]
 
 Write = Callable[[bytes | bytearray | memoryview], object]
 # (source, engine) -> (plan, framed, bytes used, gt_rel, prints, payload, grains copied) per
@@ -182,27 +181,16 @@ def encode_span_into(engine: Engine, local: threading.local, out: Any, view: mem
     return encoder.encode_span_into(out, view, first_lba, n_grains, streams[encoder])  # type: ignore[no-any-return]
 
 
-def encode_span(engine: Engine, local: threading.local, take_buffer: Callable[[], Any],
-                view: memoryview, first_lba: int, n_grains: int,
-                session: CacheSession | None = None) -> tuple[Any, int, bytes, bytes, int]:
-    """One span's framed grains: (buffer, bytes of it used, gt_rel, prints, payload);
-    ``take_buffer`` gives a buffer of SPAN_FRAMED_BYTES.  With a cache ``session``, the
-    chunks it holds come from there (cache.py)."""
-    out = take_buffer()
-    compress_into = functools.partial(encode_span_into, engine, local)
-    if session is None:
-        return (out, *compress_into(out, view, first_lba, n_grains))
-    with memoryview(out) as dest:
-        return (out, *session.encode_into(dest, view, first_lba, n_grains, compress_into))
-
-
 def encode_plan(source: DiskSource, plan: SpanPlan, buf: Any, engine: Engine,
                 local: threading.local, take_buffer: Callable[[], Any], *,
                 session: CacheSession | None = None, recompress: bool = False) -> Encoded:
     """Read one span of ``source`` into ``buf`` and encode it (in a worker thread, here or
     on a remote worker: farm.py).  A qcow2's compressed clusters of one grain are copied
     (vmdk/copied.py) unless ``recompress``; a span holding any bypasses the cache, which
-    keys engine output by the raw bytes.  Else as encode_span (through ``session``)."""
+    keys engine output by the raw bytes.  Else the span's grains go through the engine, or
+    with a cache ``session`` through it: the chunks it holds come from there (cache.py).
+    Returns (buffer from ``take_buffer``, bytes of it used, gt_rel, prints, payload, grains
+    copied)."""
     first_lba = plan.index * L.SPAN_GRAINS * L.GRAIN_SECTORS
     compress_into = functools.partial(encode_span_into, engine, local)
     if not recompress and getattr(source, "copies_deflate", False):
@@ -217,7 +205,12 @@ def encode_plan(source: DiskSource, plan: SpanPlan, buf: Any, engine: Engine,
             return (out, *session.encode_from(source, plan, buf, dest, compress_into), 0)
     else:
         view = source.read_span(plan, buf)
-    return (*encode_span(engine, local, take_buffer, view, first_lba, plan.n_grains, session), 0)
+    out = take_buffer()
+    if session is None:
+        return (out, *compress_into(out, view, first_lba, plan.n_grains), 0)
+    with memoryview(out) as dest:
+        return (out, *session.encode_into(dest, view, first_lba, plan.n_grains, compress_into),
+                0)
 
 
 def write_stream_vmdk(source: DiskSource, write: Write, *, file_name: str, engine: Engine,
