@@ -21,7 +21,7 @@ from ovfstream.errors import UsageError
 from ovfstream.pack import pack
 from ovfstream.verify import verify
 
-from ovfs_testlib import make_signer, write_disk
+from ovfs_testlib import REPRODUCIBLE_ENGINE, make_signer, write_disk
 from test_verify import read_members, tar_bytes
 
 MIB = 1 << 20
@@ -229,7 +229,7 @@ def test_output_bytes_do_not_depend_on_the_temporary_name(tmp_path, monkeypatch)
         monkeypatch.setattr(atomic, "_token", lambda token=token: token)
         out = tmp_path / ("o%d" % i) / "same.vmdk"
         out.parent.mkdir()
-        convert(raw, out, fsync=False)
+        convert(raw, out, fsync=False, engine=REPRODUCIBLE_ENGINE)
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
 

@@ -95,9 +95,9 @@ def test_member_equals_convert_output(make_disk, tmp_path):
     from ovfstream import convert
     raw = make_disk("odd_size")
     out = tmp_path / "a.ova"
-    pack([raw], out, fsync=False)
+    pack([raw], out, fsync=False, engine=REPRODUCIBLE_ENGINE)
     bare = tmp_path / "a-disk1.vmdk"
-    convert(raw, bare, fsync=False)
+    convert(raw, bare, fsync=False, engine=REPRODUCIBLE_ENGINE)
     assert _read(out, "a-disk1.vmdk") == bare.read_bytes()
 
 

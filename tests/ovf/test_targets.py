@@ -24,7 +24,7 @@ from ovfstream.pack import pack
 from ovfstream.rules import ALL_RULES
 from ovfstream.verify import verify
 
-from ovfs_testlib import SHARED, assert_descriptor_valid, needs_shared
+from ovfs_testlib import REPRODUCIBLE_ENGINE, SHARED, assert_descriptor_valid, needs_shared
 
 WANTED = ("vsphere8", "vsphere7", "vsphere6", "workstation", "virtualbox", "aws", "gce",
           "proxmox", "ovirt", "xcpng", "generic")
@@ -178,7 +178,8 @@ def test_generic_is_the_default_byte_for_byte(tmp_path: Path, monkeypatch) -> No
     digests = []
     for sub, target in (("a", None), ("b", "generic")):
         (tmp_path / sub).mkdir()
-        pack([disk], tmp_path / sub / "x.ova", target=target, fsync=False)
+        pack([disk], tmp_path / sub / "x.ova", target=target, fsync=False,
+             engine=REPRODUCIBLE_ENGINE)
         digests.append(hashlib.sha256((tmp_path / sub / "x.ova").read_bytes()).hexdigest())
     assert digests[0] == digests[1]
 
