@@ -144,6 +144,44 @@ def test_backing_chain_with_a_compressed_overlay(tmp_path: Path) -> None:
     assert verify(out, deep=True, strict=True).ok
 
 
+@pytest.mark.parametrize("depth", [1, 2])
+def test_a_base_images_compressed_clusters_are_copied_through_the_chain(
+        tmp_path: Path, depth: int) -> None:
+    """A cloud image's usual shape: a compressed base and an overlay (or two) with the
+    changes.  The base's deflate clusters the overlays leave visible are copied as they are;
+    one the top overlay wrote over, or zeroed, is not; the overlay's own compressed cluster
+    is."""
+    size = 4 * MIB
+    base_raw = write_disk(tmp_path / "base.raw", size, [(0, "text", 8 * GRAIN),
+                                                        (2 * MIB, "random", GRAIN)])
+    base = tmp_path / "base.qcow2"
+    qemu_img("convert", "-q", "-c", "-f", "raw", "-O", "qcow2", base_raw, base)
+    below = base
+    for level in range(depth):  # empty overlays: every cluster reads through
+        top = tmp_path / ("top%d.qcow2" % level)
+        qemu_img("create", "-q", "-f", "qcow2", "-b", below.name, "-F", "qcow2", top)
+        below = top
+    # over the base's text: grain 1 plain, grain 2 zeroed, grain 3 compressed anew
+    qemu_io(below, "qcow2", "write -P 0x5a %d %d" % (GRAIN, GRAIN),
+            "write -z %d %d" % (2 * GRAIN, GRAIN),
+            "write -c -P 0x33 %d %d" % (3 * GRAIN, GRAIN))
+    flat = tmp_path / "flat.raw"
+    qemu_img("convert", "-q", "-O", "raw", below, flat)
+    out, stats = _to(tmp_path, "o", below)
+    # the base's grains 0 and 4-7 through the chain, and the top's grain 3
+    assert stats.grains_copied == 6
+    check_vmdk(below, out)
+    qemu_img("compare", "-q", flat, out)
+    assert verify(out, deep=True, strict=True).ok
+    with VmdkReader(out) as reader:  # grain 0 is the base cluster's own stream
+        lba, _, size0, payload = next(iter(reader.grains()))
+    stream = _stream_of(base, _first_l2(base)[1])
+    assert lba == 0 and payload[2:-4] == stream
+    forced, none = _to(tmp_path, "r", below, recompress=True)
+    from_flat, _ = _to(tmp_path, "f", flat)
+    assert none.grains_copied == 0 and forced.read_bytes() == from_flat.read_bytes()
+
+
 def test_zero_cluster_written_compressed_is_skipped(tmp_path: Path) -> None:
     image = tmp_path / "z.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", image, "1M")

@@ -525,11 +525,28 @@ class Qcow2Source(DiskSource):
         n = len(view)
         if self.backing is not None and offset < self.backing.size_bytes:
             take = min(n, self.backing.size_bytes - offset)
-            self.backing.read_into(offset, view[:take])
+            self._read_backing(offset, view[:take])
             if take < n:
                 fill_zeros(view[take:])
         else:
             fill_zeros(view)
+
+    def _read_backing(self, offset: int, view: memoryview) -> None:
+        """Read through to the backing file.  While this thread collects deflate streams
+        (read_span_deflate), a qcow2 backing file that can give them collects its whole
+        compressed clusters into the same dict: a guest offset is the same in every file of
+        the chain, so a base image's compressed clusters are copied too, never recompressed."""
+        backing = self.backing
+        assert backing is not None
+        found = getattr(self._streams, "found", None)
+        if found is None or not (isinstance(backing, Qcow2Source) and backing.copies_deflate):
+            backing.read_into(offset, view)
+            return
+        backing._streams.found = found
+        try:
+            backing.read_into(offset, view)
+        finally:
+            backing._streams.found = None
 
     def read_span_deflate(self, plan: SpanPlan, buf: bytearray | mmap.mmap
                           ) -> tuple[memoryview, dict[int, memoryview]]:
