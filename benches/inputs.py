@@ -7,8 +7,9 @@ The OS image of make_image.py (ext4, Debian-like files) is compressed once with
 ``qemu-img convert -c -O qcow2`` (zlib clusters, what Packer and diskimage-builder ship).  Then,
 interleaved ``--repeat`` times (a noisy neighbour hits every case alike), medians of:
 
-- ``qemu-img convert -O vmdk -o subformat=streamOptimized`` of the qcow2, and of the raw;
-- ``ovfstream pack -pN`` of the qcow2 to an OVA, and of the raw.
+- ``qemu-img convert -O vmdk -o subformat=streamOptimized`` of the qcow2, of an empty qcow2
+  overlay on it (a backing chain: every cluster reads through), and of the raw;
+- ``ovfstream pack -pN`` of each of them to an OVA.
 
 It prints the ratio qemu-img / ovfstream for each input, of wall time and of the process
 tree's CPU time (steadier on a shared machine): the target is that the qcow2 ratio
@@ -49,6 +50,16 @@ def ensure_qcow2(raw: Path, out: Path) -> Path:
     return out
 
 
+def ensure_overlay(base: Path, out: Path) -> Path:
+    """An empty qcow2 overlay on ``base`` (remade when older than the base)."""
+    if out.exists() and out.stat().st_mtime >= base.stat().st_mtime:
+        return out
+    out.unlink(missing_ok=True)
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base.resolve()),
+                    "-F", "qcow2", str(out)], check=True)
+    return out
+
+
 def warm_file(path: Path) -> int:
     """Read a whole (non-sparse) file once: the page cache starts warm for every case."""
     n = 0
@@ -67,13 +78,18 @@ def check_once(qcow2: Path, work: Path) -> None:
     vmdk.unlink()
 
 
-def bench(raw: Path, qcow2: Path, work: Path, *, repeat: int, workers: int) -> dict[str, Any]:
+LABELS = ("qcow2", "overlay", "raw")
+
+
+def bench(raw: Path, qcow2: Path, overlay: Path, work: Path, *, repeat: int, workers: int
+          ) -> dict[str, Any]:
     env = compare.ovfs_env()
     np = str(workers)
     cases: dict[str, tuple[list[str], dict[str, str] | None, Path]] = {}
-    for label, src in (("qcow2", qcow2), ("raw", raw)):
+    for label, src, fmt in (("qcow2", qcow2, "qcow2"), ("overlay", overlay, "qcow2"),
+                            ("raw", raw, "raw")):
         cases["qemu-img convert %s" % label] = (
-            ["qemu-img", "convert", "-f", label, *QEMU_VMDK, str(src), str(work / "q.vmdk")],
+            ["qemu-img", "convert", "-f", fmt, *QEMU_VMDK, str(src), str(work / "q.vmdk")],
             None, work / "q.vmdk")
         cases["ovfstream pack -p%s %s" % (np, label)] = (
             compare.ovfs_cmd("pack", str(src), "-o", str(work / "o.ova"), "--parallel", np,
@@ -97,10 +113,10 @@ def bench(raw: Path, qcow2: Path, work: Path, *, repeat: int, workers: int) -> d
     cpu = {name: float(statistics.median(c)) for name, c in cpus.items()}
     ratios = {label: med["qemu-img convert %s" % label] / med["ovfstream pack -p%s %s"
                                                             % (np, label)]
-              for label in ("qcow2", "raw")}
+              for label in LABELS}
     cpu_ratios = {label: cpu["qemu-img convert %s" % label] / cpu["ovfstream pack -p%s %s"
                                                                  % (np, label)]
-                  for label in ("qcow2", "raw")}
+                  for label in LABELS}
     return {"median_s": med, "median_cpu_s": cpu, "cpu_ratio_qemu_over_ovfstream": cpu_ratios,
             "min_s": {n: min(w) for n, w in walls.items()},
             "max_s": {n: max(w) for n, w in walls.items()}, "peak_rss_bytes": rss,
@@ -126,12 +142,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         size_bytes=make_image.parse_size(args.image_size),
         data_bytes=make_image.parse_size(args.image_data))
     qcow2 = ensure_qcow2(raw, args.cache / (raw.name + ".qcow2"))
+    overlay = ensure_overlay(qcow2, args.cache / (raw.name + ".overlay.qcow2"))
     work = args.cache / "inputs-work"
     work.mkdir(exist_ok=True)
     print("raw %s: %d MiB of data; qcow2 %s: %d MiB" % (
         raw, compare.warm(raw) // MIB, qcow2, warm_file(qcow2) // MIB), flush=True)
     check_once(qcow2, work)
-    doc = bench(raw, qcow2, work, repeat=args.repeat, workers=args.workers)
+    doc = bench(raw, qcow2, overlay, work, repeat=args.repeat, workers=args.workers)
     print()
     for name, wall in doc["median_s"].items():
         print("%-34s median %7.2f s  (min %.2f, max %.2f)  CPU %6.2f s  peak RSS %4d MiB" % (
