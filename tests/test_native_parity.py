@@ -318,3 +318,77 @@ def test_shift_grain_lbas_parity(kinds, seed, how, pick, chunk_lba):
             if chunk_lba and any(kinds):
                 assert not core.shift_grain_lbas(bytearray(framed), gt_rel, bytearray(prints),
                                                  chunk_lba, n)
+
+
+def _fault(kind: str, framed: bytes, gt_rel: bytes, prints: bytes
+           ) -> tuple[bytearray, bytes, bytearray, int]:
+    """A valid chunk with one fault that exactly one rule of shift_grain_lbas catches:
+    (framed, gt_rel, prints, n_grains)."""
+    import struct
+    f, p = bytearray(framed), bytearray(prints)
+    table = list(struct.unpack("<%dI" % (len(gt_rel) // 4), gt_rel))
+    n = len(table)
+    used = [i for i, v in enumerate(table) if v]
+    at = [(table[i] - 1) * 512 for i in used]
+    size = [struct.unpack_from("<I", f, a + 8)[0] for a in at]
+    if kind == "marker_lba":
+        struct.pack_into("<Q", f, at[1], struct.unpack_from("<Q", f, at[1])[0] + 128)
+    elif kind == "length_zero":
+        struct.pack_into("<I", f, at[1] + 8, 0)
+    elif kind == "length_over_max":  # the buffer made long enough: only the bound says no
+        struct.pack_into("<I", f, at[-1] + 8, grains_py.MAX_PAYLOAD + 1)
+        f += bytes(at[-1] + 12 + grains_py.MAX_PAYLOAD + 1 - len(f))
+    elif kind == "payload_past_end":
+        del f[at[-1] + 12 + size[-1] - 1:]
+    elif kind == "marker_past_end":
+        table[used[-1]] = len(f) // 512 + 1
+    elif kind == "overlapping":  # grain 0's payload runs one byte into grain 1's marker
+        struct.pack_into("<I", f, at[0] + 8, at[1] - at[0] - 12 + 1)
+    elif kind == "print_lba":
+        struct.pack_into("<Q", p, 16, struct.unpack_from("<Q", p, 16)[0] + 1)
+    elif kind == "print_missing":
+        del p[-16:]
+    elif kind == "print_extra":
+        p += p[-16:]
+    elif kind == "print_ragged":
+        p += bytes(5)
+    elif kind == "table_length":
+        table.append(0)
+    elif kind == "n_grains_absurd":
+        n = 1 << 40
+    else:
+        assert kind == "none", kind
+    return f, struct.pack("<%dI" % len(table), *table), p, n
+
+
+@pytest.mark.parametrize("core", ["native", "twin"])
+@pytest.mark.parametrize("kind", ["none", "marker_lba", "length_zero", "length_over_max",
+                                  "payload_past_end", "marker_past_end", "overlapping",
+                                  "print_lba", "print_missing", "print_extra", "print_ragged",
+                                  "table_length", "n_grains_absurd"])
+def test_shift_grain_lbas_refuses_each_fault(core, kind):
+    """Each rule of the cache's check, alone: a chunk with one fault is refused (nothing
+    changed) by the native call and by its twin, so a rule dropped from either fails here."""
+    impl = native if core == "native" else grains_py
+    chunk_lba = 128 * 64 * 5
+    span = _span([3, 1, 0, 3, 2, 3], 7)
+    framed, gt_rel, prints, _ = native.encode_span(span, chunk_lba, 6,
+                                                   get_engine("isal", 1).compress,
+                                                   xxhash.xxh3_64_intdigest)
+    f, table, p, n = _fault(kind, bytes(framed), gt_rel, prints)
+    before = (bytes(f), bytes(p))
+    ok = impl.shift_grain_lbas(f, table, p, -chunk_lba, n)
+    assert ok is (kind == "none")
+    if not ok:
+        assert (bytes(f), bytes(p)) == before
+    else:
+        assert bytes(f) != before[0] and bytes(p) != before[1]
+        assert impl.shift_grain_lbas(f, table, p, chunk_lba, n)
+        assert (bytes(f), bytes(p)) == before
+
+
+def test_shift_grain_lbas_delta_must_fit_int64():
+    for impl in (native, grains_py):
+        with pytest.raises(OverflowError):
+            impl.shift_grain_lbas(bytearray(), b"", bytearray(), 1 << 63, 0)
+        assert impl.shift_grain_lbas(bytearray(), b"", bytearray(), -(1 << 63), 0)

@@ -199,6 +199,9 @@ cdef bint _grain_lbas_agree(const uint8_t* framed, Py_ssize_t n_framed, const ui
     return k == n_prints
 
 
+MAX_SHIFT_GRAINS = 1 << 32  # far above a span's 512; keeps 4 * n_grains from wrapping
+
+
 def shift_grain_lbas(uint8_t[::1] framed not None, const uint8_t[::1] gt_rel not None,
                      uint8_t[::1] prints not None, int64_t delta, Py_ssize_t n_grains):
     """Add ``delta`` to the LBA of every grain marker in ``framed`` and of every fingerprint
@@ -209,10 +212,12 @@ def shift_grain_lbas(uint8_t[::1] framed not None, const uint8_t[::1] gt_rel not
     marker must hold the LBA its table slot implies (``i * 128``, plus ``-delta`` when delta
     is negative: the chunk is being made relative), a payload length of 1..MAX_PAYLOAD that
     fits in ``framed``, and start after the previous marker's payload; ``prints`` must hold
-    one (LBA, fingerprint) pair per grain, with the same LBAs in the same order.  Reference
-    twin in grains_py."""
+    one (LBA, fingerprint) pair per grain, with the same LBAs in the same order.  ``delta``
+    outside the int64 range is an OverflowError.  Reference twin in grains_py."""
     cdef Py_ssize_t n_framed = framed.shape[0], n_prints = prints.shape[0] // 16
-    if n_grains < 0 or gt_rel.shape[0] != 4 * n_grains or prints.shape[0] != 16 * n_prints:
+    # (n_grains bounded first: 4 * n_grains must not wrap)
+    if (n_grains < 0 or n_grains > MAX_SHIFT_GRAINS or gt_rel.shape[0] != 4 * n_grains
+            or prints.shape[0] != 16 * n_prints):
         return False
     cdef uint8_t* dst = &framed[0] if n_framed else NULL
     cdef uint8_t* fp = &prints[0] if n_prints else NULL

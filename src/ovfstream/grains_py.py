@@ -80,13 +80,19 @@ def relocate_gt(gt_rel: bytes, base_sector: int, n_entries: int) -> bytes:
     return struct.pack("<%dI" % n_entries, *table)
 
 
+MAX_SHIFT_GRAINS = 1 << 32
+
+
 def shift_grain_lbas(framed: bytearray | memoryview | mmap.mmap, gt_rel: bytes,
                      prints: bytearray | memoryview, delta: int, n_grains: int) -> bool:
     """Add ``delta`` to every grain marker's LBA and every fingerprint's LBA, in place, once
     the grain table, markers and fingerprints are checked to agree; False, nothing changed,
     if they do not (the native twin's docstring has the rules)."""
+    if not -(1 << 63) <= delta < 1 << 63:  # as the native one's int64 argument
+        raise OverflowError("delta %d does not fit in an int64" % delta)
     n_prints = len(prints) // 16
-    if len(gt_rel) != 4 * n_grains or n_grains < 0 or len(prints) != 16 * n_prints:
+    if (not 0 <= n_grains <= MAX_SHIFT_GRAINS or len(gt_rel) != 4 * n_grains
+            or len(prints) != 16 * n_prints):
         return False
     base = -delta if delta < 0 else 0
     places = []

@@ -182,6 +182,33 @@ def test_a_base_images_compressed_clusters_are_copied_through_the_chain(
     assert none.grains_copied == 0 and forced.read_bytes() == from_flat.read_bytes()
 
 
+@pytest.mark.parametrize("case", ["subclusters", "short_backing"])
+def test_a_base_cluster_only_part_of_which_shows_is_not_copied(tmp_path: Path,
+                                                               case: str) -> None:
+    """What the read-through must not copy: a base cluster an extended-L2 overlay covers in
+    part (a subcluster written or zeroed), and a backing file's last cluster cut short by
+    its size.  Those grains go through the engine; the rest of the base is copied."""
+    if case == "subclusters":
+        n = 8 * GRAIN
+        opts, size = "cluster_size=64k,extended_l2=on", None
+    else:  # 5 whole clusters and 4.5 KiB of a sixth
+        n = 5 * GRAIN + 4608
+        opts, size = "cluster_size=64k", str(3 * MIB)
+    base_raw = write_disk(tmp_path / "base.raw", n, [(0, "text", n)])
+    base = tmp_path / "base.qcow2"
+    qemu_img("convert", "-q", "-c", "-f", "raw", "-O", "qcow2", base_raw, base)
+    top = tmp_path / "top.qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-o", opts, "-b", base.name, "-F", "qcow2", top,
+             *([size] if size else []))
+    if case == "subclusters":  # grains 0 and 3 in part, grain 6 whole
+        qemu_io(top, "qcow2", "write -P 1 4096 512", "write -z %d 2048" % (3 * GRAIN),
+                "write -z %d %d" % (6 * GRAIN, GRAIN))
+    out, stats = _to(tmp_path, "o", top)
+    assert stats.grains_copied == (8 - 3 if case == "subclusters" else 5)
+    check_vmdk(top, out)
+    assert verify(out, deep=True, strict=True).ok
+
+
 def test_zero_cluster_written_compressed_is_skipped(tmp_path: Path) -> None:
     image = tmp_path / "z.qcow2"
     qemu_img("create", "-q", "-f", "qcow2", image, "1M")
