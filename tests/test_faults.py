@@ -184,6 +184,9 @@ def unlink(path, *a, **k):  # a Ctrl-C while the first temporary is being remove
 atomic._create_temp, tempfile.mkdtemp, atomic._folder_lock = create, mkdtemp, lock
 if window == "cleanup":
     os.unlink = unlink
+    # A run started with SIGINT ignored (a background job without job control) keeps it
+    # ignored, as ovfstream means to (nohup): this window is about a Ctrl-C, so take it back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.exit(cli.main(argv))
 """
 

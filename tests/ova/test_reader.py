@@ -3,8 +3,10 @@ walk, and fuzzed archives read the same way seekable or not (and the way tarfile
 
 from __future__ import annotations
 
+import codecs
 import io
 import os
+import subprocess
 import tarfile
 
 import pytest
@@ -14,6 +16,8 @@ from hypothesis import strategies as st
 from ovfstream.errors import TarFormatError, UsageError
 from ovfstream.ova.reader import TarReader, iter_members
 from ovfstream.ova.tar import BLOCK, END_OF_ARCHIVE, RULES, decode_header, encode_header, padding_for
+
+from ovfs_testlib import tool
 
 from .test_tar import MTIME, Pipe, build, edit, info, rechecksum, rule_of, tarfile_archive, walk
 
@@ -278,12 +282,47 @@ def test_fuzz_mutated_archives(data: bytes, allow_pax: bool, pipe_reads: bool) -
         assert seek[1] == pipe[1]
     event(seek[0])
     if seek[0] == "ok" and seek[1]:
-        # Whatever we accept, the reference reader reads the same way.
-        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        # Whatever we accept, the reference readers read the same way.
+        try:
+            tf = tarfile.open(fileobj=io.BytesIO(data))
+        except tarfile.ReadError:
+            # Debian 12's CPython 3.11.2 refuses a byte after the last record of a PAX
+            # header, in its padding, which POSIX leaves free; 3.11.7 and GNU tar read it
+            assert gnu_tar_listing(data) == [(n, s) for n, s, _ in seek[1]]
+            return
+        with tf:
             assert [(m.name, m.size) for m in tf.getmembers()] == [(n, s) for n, s, _ in seek[1]]
             for m, (_, _, body) in zip(tf.getmembers(), seek[1]):
                 extracted = tf.extractfile(m)
                 assert extracted is not None and extracted.read() == body
+
+
+def gnu_tar_listing(data: bytes) -> list[tuple[str, int]] | None:
+    """(name, size) of each member as GNU tar lists ``data``; None if it refuses it."""
+    run = subprocess.run([tool("tar"), "--list", "--verbose", "--quoting-style=escape",
+                          "--file=-"], input=data, capture_output=True, timeout=60,
+                         env={**os.environ, "LC_ALL": "C"})
+    if run.returncode:
+        return None
+    listing = []
+    for line in run.stdout.splitlines():  # mode owner/group size date time name
+        _, _, size, _, _, name = line.split(None, 5)
+        raw = codecs.escape_decode(name)[0]  # \\, \n, \ooo as GNU escapes them
+        listing.append((raw.decode("utf-8", "surrogateescape"), int(size)))
+    return listing
+
+
+def test_gnu_tar_listing_reads_what_old_cpython_refuses() -> None:
+    """The second reference of the fuzz test, on the archive that made it necessary: a PAX
+    header whose padding, after its one record, holds a stray byte."""
+    data = bytearray(SEED_PAX)
+    assert data[BLOCK + 130:BLOCK + 131] == b"\x00"  # the record ("130 path=...\n") ends there
+    data[BLOCK + 130] = 1
+    data = bytes(data)
+    want = [("p" * 120, 5), ("b", 2)]
+    assert gnu_tar_listing(data) == want
+    got = outcome(data, seekable=True, allow_pax=True)
+    assert got[0] == "ok" and [(n, s) for n, s, _ in got[1]] == want
 
 
 @settings(max_examples=500, deadline=2000)
