@@ -152,3 +152,24 @@ def make_signer(common_name: str = "ovfstream test") -> "Signer":
                                                     serialization.PrivateFormat.PKCS8,
                                                     serialization.NoEncryption()),
                   certificate_chain_pem=cert.public_bytes(serialization.Encoding.PEM))
+
+
+def make_cache_entry_lie(cache: Path) -> Path:
+    """Swap the grain-table entries of the first two grains of the cache's largest entry and
+    seal it with a fresh digest: an entry that checks out but points at another grain's
+    marker (a writer bug or a hand-made file).  Returns the entry's path."""
+    import struct
+
+    import xxhash
+
+    from ovfstream.cache import _HEAD
+    victim = max(cache.glob("chunks-v2/*/*.span"), key=lambda p: p.stat().st_size)
+    data = bytearray(victim.read_bytes()[:-16])
+    fields = _HEAD.unpack_from(data)
+    gt_at = _HEAD.size + fields[4]
+    table = list(struct.unpack_from("<%dI" % fields[3], data, gt_at))
+    used = [i for i, v in enumerate(table) if v]
+    table[used[0]], table[used[1]] = table[used[1]], table[used[0]]
+    struct.pack_into("<%dI" % fields[3], data, gt_at, *table)
+    victim.write_bytes(bytes(data) + xxhash.xxh3_128_digest(bytes(data)))
+    return victim

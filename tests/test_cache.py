@@ -16,7 +16,7 @@ import ovfstream
 from ovfstream import cli
 from ovfstream.cache import SpanCache
 
-from ovfs_testlib import MIB, write_disk
+from ovfs_testlib import MIB, make_cache_entry_lie, write_disk
 
 # ISA-L's bytes are reproducible (cacheable, the same in every process) only with the
 # compiled core's stream placement: not run when OVFSTREAM_PURE=1 selects the twin.
@@ -140,22 +140,11 @@ def test_a_bad_entry_is_a_miss_and_is_replaced(make_disk, tmp_path, damage):
 def test_an_entry_that_checks_out_but_lies_about_its_grains_is_refused(make_disk, tmp_path):
     """A well-digested entry whose grain table points at another grain's marker (a writer
     bug or a hand-made file) is never copied into a package."""
-    import struct
-    import xxhash
-    from ovfstream.cache import _HEAD
     raw = make_disk("mixed")
     cold, _ = _pack(raw, tmp_path / "cold" / "a.ova")
     cache = tmp_path / "c"
     _pack(raw, tmp_path / "warm" / "a.ova", cache=cache)
-    victim = max(_entries(cache), key=lambda p: p.stat().st_size)
-    data = bytearray(victim.read_bytes()[:-16])
-    fields = _HEAD.unpack_from(data)
-    gt_at = _HEAD.size + fields[4]
-    table = list(struct.unpack_from("<%dI" % fields[3], data, gt_at))
-    used = [i for i, v in enumerate(table) if v]
-    table[used[0]], table[used[1]] = table[used[1]], table[used[0]]
-    struct.pack_into("<%dI" % fields[3], data, gt_at, *table)
-    victim.write_bytes(bytes(data) + xxhash.xxh3_128_digest(bytes(data)))
+    make_cache_entry_lie(cache)
     again, info = _pack(raw, tmp_path / "again" / "a.ova", cache=cache)
     assert again == cold and info["misses"] == 1
 

@@ -6,15 +6,13 @@ core in the native run too: these run in both runs."""
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
-
-import xxhash
 
 import ovfstream.cache
 from ovfstream import grains_py
-from ovfstream.cache import _HEAD
 from ovfstream.pack import pack
+
+from ovfs_testlib import make_cache_entry_lie
 
 
 def _pack(raw: Path, out: Path, **kw) -> tuple[bytes, dict | None]:
@@ -35,14 +33,6 @@ def test_the_twin_gives_the_cold_bytes_and_refuses_a_lying_entry(make_disk, tmp_
     assert warm == cold and info["hits"] > 0 and info["misses"] == info["stored"] == 0
     # an entry whose digest checks out but whose grain table points at another grain's
     # marker is a miss, recompressed and replaced, never packaged
-    victim = max(cache.glob("chunks-v2/*/*.span"), key=lambda p: p.stat().st_size)
-    data = bytearray(victim.read_bytes()[:-16])
-    fields = _HEAD.unpack_from(data)
-    gt_at = _HEAD.size + fields[4]
-    table = list(struct.unpack_from("<%dI" % fields[3], data, gt_at))
-    used = [i for i, v in enumerate(table) if v]
-    table[used[0]], table[used[1]] = table[used[1]], table[used[0]]
-    struct.pack_into("<%dI" % fields[3], data, gt_at, *table)
-    victim.write_bytes(bytes(data) + xxhash.xxh3_128_digest(bytes(data)))
+    make_cache_entry_lie(cache)
     again, info = _pack(raw, tmp_path / "again" / "a.ova", cache=cache)
     assert again == cold and info["misses"] == 1
