@@ -10,7 +10,7 @@ import pytest
 
 import ovfstream
 
-from ovfs_testlib import REPRODUCIBLE_ENGINE
+from ovfs_testlib import REPRODUCIBLE_ENGINE, write_disk
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,10 +104,7 @@ def test_a_pack_loads_only_what_it_uses(tmp_path, extra, loaded):
     import os
     import subprocess
     import sys
-    disk = tmp_path / "d.raw"
-    with open(disk, "wb") as f:
-        f.truncate(4 << 20)
-        f.write(b"boot" * 1024)
+    disk = write_disk(tmp_path / "d.raw", 4 << 20, [(0, "text", 4096)])
     spec = tmp_path / "vm.toml"
     spec.write_text('name = "vm"\ntarget = "proxmox"\n')
     fill = {"SPEC": str(spec), "CACHE": str(tmp_path / "cache")}
