@@ -387,8 +387,8 @@ class CacheSession:
             key, raw_of = keyed
             dest = out[pos:]
             entry = self.cache.load(key, n, dest)
-            if entry is not None and CORE.shift_grain_lbas(entry.framed, entry.gt_rel, entry.prints,
-                                                 lba, n):
+            if entry is not None and CORE.shift_grain_lbas(entry.framed, entry.gt_rel,
+                                                           entry.prints, lba, n):
                 self.cache.touch(key)
                 hits += 1
                 used, gt_rel, chunk_prints, chunk_payload = (

@@ -10,8 +10,8 @@ import mmap
 import struct
 from typing import Callable
 
-from .vmdk.layout import (GRAIN_BYTES, GRAIN_SECTORS, MAX_FRAMED_GRAIN, MAX_GRAIN_PAYLOAD,
-                          SECTOR, SPAN_GRAINS, frame_grain)
+from .vmdk.layout import (GRAIN_BYTES, GRAIN_MARKER, GRAIN_SECTORS, MAX_FRAMED_GRAIN,
+                          MAX_GRAIN_PAYLOAD, SECTOR, SPAN_GRAINS, frame_grain)
 
 MAX_PAYLOAD = MAX_GRAIN_PAYLOAD
 MAX_FRAMED_BYTES = MAX_FRAMED_GRAIN
@@ -102,16 +102,17 @@ def shift_grain_lbas(framed: bytearray | memoryview | mmap.mmap, gt_rel: bytes,
             continue
         at = (rel - 1) * SECTOR
         k = len(places)
-        if at < last_end or at + 12 > len(framed) or k >= n_prints:
+        if at < last_end or at + GRAIN_MARKER.size > len(framed) or k >= n_prints:
             return False
-        lba, size = struct.unpack_from("<QI", framed, at)
+        lba, size = GRAIN_MARKER.unpack_from(framed, at)
         want = i * GRAIN_SECTORS + base
-        if lba != want or not 0 < size <= MAX_PAYLOAD or at + 12 + size > len(framed):
+        end = at + GRAIN_MARKER.size + size
+        if lba != want or not 0 < size <= MAX_PAYLOAD or end > len(framed):
             return False
         if struct.unpack_from("<Q", prints, 16 * k)[0] != want:
             return False
         places.append((at, want + delta))
-        last_end = at + 12 + size
+        last_end = end
     if len(places) != n_prints:
         return False
     for k, (at, lba) in enumerate(places):

@@ -380,8 +380,8 @@ def load_spec(path: str | os.PathLike[str]) -> dict[str, Any]:
 def absolute_eula(table: dict[str, Any], anchor: Path) -> dict[str, Any]:
     """``table`` with a relative ``eula_file`` made absolute against the folder of
     ``anchor`` (the file the table came from)."""
-    result = dict(table)
     from pathlib import Path
+    result = dict(table)
     eula_file = result.get("eula_file")
     if isinstance(eula_file, str) and not Path(eula_file).is_absolute():
         result["eula_file"] = str(anchor.resolve().parent / eula_file)

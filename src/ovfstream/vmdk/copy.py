@@ -23,8 +23,8 @@ import threading
 import time
 from array import array
 from concurrent.futures import Future, ThreadPoolExecutor
-from itertools import compress
 from dataclasses import dataclass
+from itertools import compress
 from typing import Callable, Sequence
 
 import xxhash
